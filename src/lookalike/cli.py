@@ -1,0 +1,326 @@
+"""The `lookalike` command: a thin face over `Library`. Exit codes: 0 ok, 1 user error, 2 usage error."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import DEFAULT_COLLECTION
+from .errors import LookalikeError
+
+JSON_HELP = "Print machine-readable JSON on stdout."
+
+
+def _library(ctx: click.Context) -> Any:
+    from .library import Library
+
+    if "library" not in ctx.obj:
+        ctx.obj["library"] = Library.open(ctx.obj.get("home"))
+        ctx.call_on_close(ctx.obj["library"].close)
+    return ctx.obj["library"]
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+collection_option = click.option("--collection", "-c", default=DEFAULT_COLLECTION, show_default=True,
+                                 help="Collection to use.")
+json_option = click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", envvar="LOOKALIKE_HOME", type=click.Path(file_okay=False),
+              help="Library directory (default: $LOOKALIKE_HOME or the user's data dir).")
+@click.version_option(package_name="lookalike")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """lookalike: find the images that look alike."""
+    ctx.ensure_object(dict)
+    ctx.obj["home"] = home
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@collection_option
+@click.option("--model", "-m", default=None, help="Embedder (see `lookalike models`); a collection keeps its own.")
+@click.option("--prune", is_flag=True, help="Forget indexed files under PATHS that no longer exist.")
+@click.option("--group", "group_id", default=None, help="Group id stored with every image of this run.")
+@click.option("--tag", "tags", multiple=True, help="Tag stored with every image of this run (repeatable).")
+@click.option("--index-spec", default="auto", show_default=True,
+              help="Faiss index_factory string for a new collection, e.g. 'HNSW32' or 'IVF1024,PQ32'.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the run report (counts, skipped files with reasons) to this JSON file.")
+@json_option
+@click.pass_context
+def index(ctx: click.Context, paths: tuple[Path, ...], collection: str, model: str | None, prune: bool,
+          group_id: str | None, tags: tuple[str, ...], index_spec: str, report_file: Path | None,
+          as_json: bool) -> None:
+    """Index image files and folders (re-runs are incremental)."""
+    lib = _library(ctx)
+    show_progress = not as_json and sys.stderr.isatty()
+    progress_fn = None
+    bar = None
+    if show_progress:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                       transient=True)
+        task = bar.add_task("index", total=None, rate="")
+        bar.start()
+
+        def progress_fn(done: int, total: int) -> None:
+            speed = bar.tasks[0].speed
+            bar.update(task, completed=done, total=total, rate=f"{speed:.1f} img/s" if speed else "")
+    try:
+        report = lib.index(list(paths), collection, model=model, prune=prune, group_id=group_id,
+                           tags=list(tags), index_spec=index_spec, progress=progress_fn)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if report_file:
+        report_file.write_text(json.dumps(report.to_dict(), indent=2))
+    if as_json:
+        _emit(report.to_dict())
+        return
+    skipped = report.skipped_by_reason()
+    click.echo(f"{collection}: {report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
+               f"{report.removed} removed, {len(report.skipped)} skipped "
+               f"({report.images_per_second:.1f} img/s); {report.count} images in the collection")
+    if skipped:
+        click.echo("skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())), err=True)
+        for item in report.skipped[:20]:
+            click.echo(f"  {item.reason:14} {item.path}  {item.detail[:80]}", err=True)
+        if len(report.skipped) > 20:
+            click.echo(f"  ... and {len(report.skipped) - 20} more", err=True)
+        click.echo(f"full list: {report.report_path}", err=True)
+
+
+def _parse_filters(group_id: str | None, tags: tuple[str, ...], where: tuple[str, ...],
+                   path_prefix: str | None) -> Any:
+    from .store import Filter
+
+    metadata: dict[str, Any] = {}
+    for item in where:
+        if "=" not in item:
+            raise click.BadParameter(f"'{item}' is not KEY=VALUE", param_hint="--where")
+        key, value = item.split("=", 1)
+        metadata[key] = value
+    flt = Filter(group_id=group_id, tags=list(tags), metadata=metadata,
+                 path_prefix=str(Path(path_prefix).expanduser().resolve()) if path_prefix else None)
+    return None if flt.is_empty() else flt
+
+
+@cli.command()
+@click.argument("query", required=False)
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10_000), help="Results to return.")
+@collection_option
+@click.option("--text", "-t", default=None, help="Search by a text description instead of an image.")
+@click.option("--id", "image_id", type=int, default=None, help="More like the indexed image with this id.")
+@click.option("--group", "group_id", default=None, help="Only images with this group id.")
+@click.option("--tag", "tags", multiple=True, help="Only images carrying this tag (repeatable).")
+@click.option("--where", multiple=True, help="Only images whose metadata KEY equals VALUE (KEY=VALUE).")
+@click.option("--under", "path_prefix", default=None, help="Only images under this folder.")
+@click.option("--min-score", type=float, default=None, help="Drop results scoring below this.")
+@json_option
+@click.pass_context
+def search(ctx: click.Context, query: str | None, k: int, collection: str, text: str | None,
+           image_id: int | None, group_id: str | None, tags: tuple[str, ...], where: tuple[str, ...],
+           path_prefix: str | None, min_score: float | None, as_json: bool) -> None:
+    """Find images like QUERY (an image file, '-' for stdin), like --id, or like --text."""
+    given = sum(x is not None and x != "" for x in (query, text, image_id))
+    if given != 1:
+        raise click.UsageError("give exactly one of QUERY, --id or --text")
+    lib = _library(ctx)
+    flt = _parse_filters(group_id, tags, where, path_prefix)
+    target: Any = image_id
+    if query == "-":
+        target = sys.stdin.buffer.read()
+    elif query:
+        path = Path(query).expanduser()
+        if not path.is_file():
+            raise LookalikeError(f"query image '{query}' does not exist or is not a file")
+        target = path
+    hits = lib.search(target, k=k, collection=collection, text=text or None, flt=flt, min_score=min_score)
+    if as_json:
+        _emit({"collection": collection, "query": query if query and query != "-" else
+               ({"id": image_id} if image_id is not None else {"text": text} if text else "stdin"),
+               "results": [h.to_dict() for h in hits]})
+        return
+    from rich.table import Table
+
+    table = Table(show_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("id", justify="right")
+    table.add_column("path", overflow="fold")
+    for rank, hit in enumerate(hits, 1):
+        table.add_row(str(rank), f"{hit.score:.4f}", str(hit.id), hit.path)
+    _console().print(table)
+
+
+@cli.command()
+@click.option("--collection", "-c", default=None, help="Describe one collection (default: the whole library).")
+@json_option
+@click.pass_context
+def info(ctx: click.Context, collection: str | None, as_json: bool) -> None:
+    """Counts, model, index type and size on disk."""
+    lib = _library(ctx)
+    if collection:
+        data = lib.info(collection).to_dict()
+        data["home"] = str(lib.home)
+    else:
+        items = [c.to_dict() for c in lib.collections()]
+        data = {"home": str(lib.home), "count": sum(c["count"] for c in items), "collections": items}
+    if as_json:
+        _emit(data)
+        return
+    rows = [data] if collection else data["collections"]
+    click.echo(f"library: {lib.home}")
+    if not rows:
+        click.echo("no collections yet: `lookalike index PATH` creates one")
+    for c in rows:
+        click.echo(f"{c['name']}: {c['count']} images, model {c['model']} ({c['dim']}-d {c['metric']}), "
+                   f"index {c['index_type']}, {_human_bytes(c['size_bytes'])} on disk")
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, required=True)
+@collection_option
+@json_option
+@click.pass_context
+def remove(ctx: click.Context, targets: tuple[str, ...], collection: str, as_json: bool) -> None:
+    """Remove images by path, folder or id."""
+    removed = _library(ctx).remove(list(targets), collection)
+    if as_json:
+        _emit({"collection": collection, "removed": removed})
+    else:
+        click.echo(f"removed {removed} image(s) from {collection}")
+
+
+@cli.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def collections(ctx: click.Context, as_json: bool) -> None:
+    """List, create and drop collections."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_collections, as_json=as_json)
+
+
+@collections.command("list")
+@json_option
+@click.pass_context
+def list_collections(ctx: click.Context, as_json: bool) -> None:
+    """List collections."""
+    items = [c.to_dict() for c in _library(ctx).collections()]
+    if as_json:
+        _emit({"collections": items, "count": sum(c["count"] for c in items)})
+        return
+    for c in items:
+        click.echo(f"{c['name']}\t{c['count']}\t{c['model']}\t{c['index_type']}")
+
+
+@collections.command("create")
+@click.argument("name")
+@click.option("--model", "-m", default=None, help="Embedder for this collection.")
+@click.option("--index-spec", default="auto", show_default=True, help="Faiss index_factory string or auto.")
+@json_option
+@click.pass_context
+def create_collection(ctx: click.Context, name: str, model: str | None, index_spec: str, as_json: bool) -> None:
+    """Create an empty collection."""
+    info_ = _library(ctx).create_collection(name, model, index_spec)
+    if as_json:
+        _emit(info_.to_dict())
+    else:
+        click.echo(f"created {name} ({info_.model}, {info_.dim}-d)")
+
+
+@collections.command("drop")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_context
+def drop_collection(ctx: click.Context, name: str, yes: bool, as_json: bool) -> None:
+    """Drop a collection and everything indexed in it."""
+    lib = _library(ctx)
+    count = lib.info(name).count
+    if not yes and not as_json and sys.stdin.isatty():
+        click.confirm(f"drop '{name}' with {count} images?", abort=True)
+    lib.drop_collection(name)
+    if as_json:
+        _emit({"dropped": name, "count": count})
+    else:
+        click.echo(f"dropped {name} ({count} images)")
+
+
+@cli.command()
+@json_option
+def models(as_json: bool) -> None:
+    """List the available embedders."""
+    from .embed import DEFAULT_MODEL, model_cards
+
+    cards = [c.to_dict() for c in model_cards()]
+    if as_json:
+        _emit({"default": DEFAULT_MODEL, "models": cards})
+        return
+    from rich.table import Table
+
+    table = Table(show_edge=False)
+    for col in ("name", "dim", "input", "text", "local", "licence", "source"):
+        table.add_column(col)
+    for c in cards:
+        name = c["name"] + (" (default)" if c["name"] == DEFAULT_MODEL else "")
+        table.add_row(name, str(c["dim"]), str(c["input_size"]), "yes" if c["text"] else "no",
+                      "yes" if c["available"] else "no", c["licence"], c["source"])
+    _console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors become one line on stderr and exit code 1."""
+    try:
+        cli.main(args=argv, prog_name="lookalike", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except LookalikeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Where the library lives and the knobs every part reads, resolved in one place.
+
+Precedence: explicit argument (CLI flag) > environment variable > config file (`lookalike.toml` in the
+library directory) > built-in default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import platformdirs
+
+DEFAULT_COLLECTION = "default"
+
+
+def library_home(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The library directory: flag, then $LOOKALIKE_HOME, then the user's data dir."""
+    raw = explicit or os.environ.get("LOOKALIKE_HOME") or platformdirs.user_data_dir("lookalike")
+    return Path(raw).expanduser().resolve()
+
+
+@dataclass
+class Settings:
+    """Tunable settings; every field can be set by env var LOOKALIKE_<NAME> or in lookalike.toml."""
+
+    model: str = "default"
+    batch_size: int = 32
+    decode_workers: int = 0  # 0: pick from the CPU count
+    commit_every: int = 64  # images per catalogue transaction while indexing
+    max_pixels: int = 120_000_000  # larger images are refused as decompression bombs
+    max_file_bytes: int = 200 * 1024 * 1024
+    intra_op_threads: int = 0  # 0: ONNX Runtime picks (physical cores)
+    exact_below: int = 50_000  # collections smaller than this use exact search
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, home: Path, **overrides: object) -> Settings:
+        values: dict[str, object] = {}
+        config_file = home / "lookalike.toml"
+        if config_file.exists():
+            with config_file.open("rb") as fh:
+                values.update(tomllib.load(fh))
+        for f in fields(cls):
+            env = os.environ.get(f"LOOKALIKE_{f.name.upper()}")
+            if env is not None and f.name != "extra":
+                values[f.name] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, object] = {}
+        extra: dict[str, object] = {}
+        for key, value in values.items():
+            if key not in known:
+                extra[key] = value
+                continue
+            default = getattr(cls(), key)
+            kwargs[key] = type(default)(value) if isinstance(default, int | str) else value
+        return cls(**kwargs, extra=extra)
+
+    def workers(self) -> int:
+        return self.decode_workers or max(2, min(8, (os.cpu_count() or 2)))

@@ -1,0 +1,207 @@
+"""From a file (or bytes) to an RGB picture, surviving whatever real folders hold.
+
+Every failure becomes a `DecodeError` with a short reason tag, so ingest can skip, count and report it
+without stopping the batch. Phone (HEIC/AVIF) and camera RAW files are read through well-kept plugins.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import DecodeError
+
+try:  # HEIC/HEIF (and AVIF on older Pillow) from phones
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - optional at run time
+    pillow_heif = None
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-picture
+Image.MAX_IMAGE_PIXELS = None  # `decode` applies its own, configurable limit before any pixel is decoded
+
+RAW_EXTENSIONS = {".cr2", ".cr3", ".nef", ".arw", ".dng", ".orf", ".rw2", ".raf", ".pef", ".srw"}
+IMAGE_EXTENSIONS = {
+    ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp",
+    ".heic", ".heif", ".avif",
+} | RAW_EXTENSIONS
+
+DEFAULT_MAX_PIXELS = 120_000_000
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def walk_images(
+    roots: list[Path], on_error: Callable[[Path, str, str], None] | None = None
+) -> Iterator[Path]:
+    """Yield image files under `roots` (files or folders), sorted, following symlinks without looping.
+
+    Unreadable folders and symlink loops are reported through `on_error(path, reason, detail)`.
+    """
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def report(path: Path, reason: str, detail: str) -> None:
+        if on_error:
+            on_error(path, reason, detail)
+
+    def visit(folder: Path) -> Iterator[Path]:
+        try:
+            st = folder.stat()
+        except OSError as exc:
+            report(folder, "unreadable", exc.strerror or str(exc))
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:
+            report(folder, "symlink-loop", "folder already visited")
+            return
+        seen_dirs.add(key)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            report(folder, "unreadable", exc.strerror or str(exc))
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError as exc:
+                report(path, "unreadable", exc.strerror or str(exc))
+                continue
+            if is_dir:
+                if not entry.name.startswith("."):
+                    yield from visit(path)
+            elif is_image_name(path):
+                try:
+                    if not stat.S_ISREG(entry.stat(follow_symlinks=True).st_mode):
+                        continue
+                except OSError as exc:  # dangling symlink or symlink loop on a file
+                    report(path, "unreadable", exc.strerror or str(exc))
+                    continue
+                yield path
+
+    for root in roots:
+        root = Path(root).expanduser()
+        if root.is_dir():
+            yield from visit(root)
+        elif root.is_file():
+            if is_image_name(root):
+                yield root
+            else:
+                report(root, "not-an-image", "unsupported file extension")
+        else:
+            report(root, "missing", "no such file or folder")
+
+
+def read_bytes(path: Path, max_bytes: int) -> bytes:
+    """Read a file, mapping OS errors onto decode reasons."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise DecodeError("too-large", f"{size} bytes is over the {max_bytes} byte limit")
+        with path.open("rb") as fh:
+            return fh.read()
+    except PermissionError as exc:
+        raise DecodeError("unreadable", "permission denied") from exc
+    except OSError as exc:
+        raise DecodeError("unreadable", exc.strerror or str(exc)) from exc
+
+
+def _raw_preview(data: bytes) -> Image.Image:
+    """Camera RAW: use the embedded JPEG preview (fast, already developed by the camera)."""
+    import rawpy
+
+    try:
+        with rawpy.imread(io.BytesIO(data)) as raw:
+            try:
+                thumb = raw.extract_thumb()
+            except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+                return Image.fromarray(raw.postprocess(half_size=True, use_camera_wb=True))
+            if thumb.format == rawpy.ThumbFormat.JPEG:
+                img = Image.open(io.BytesIO(thumb.data))
+                img.load()
+                return img
+            return Image.fromarray(thumb.data)
+    except rawpy.LibRawError as exc:
+        raise DecodeError("corrupt", f"RAW file: {exc}") from exc
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Normalise any mode (palette, alpha, CMYK, 16-bit, float) to 8-bit RGB on a white background."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(scaled.astype("uint8"), "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+    suffix: str = "",
+) -> Image.Image:
+    """Decode image bytes to an upright RGB picture.
+
+    `draft_size`: the smallest side the caller needs; big JPEGs are decoded at a reduced scale (DCT
+    scaling), which is several times faster for phone photos. Raises DecodeError.
+    """
+    if not data:
+        raise DecodeError("empty", "zero-byte file")
+    if suffix.lower() in RAW_EXTENSIONS:
+        img = _raw_preview(data)
+    else:
+        try:
+            img = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError as exc:
+            raise DecodeError("not-an-image", "content is not a known image format") from exc
+        except Image.DecompressionBombError as exc:
+            raise DecodeError("too-large", str(exc)) from exc
+        except OSError as exc:
+            raise DecodeError("corrupt", str(exc)) from exc
+    width, height = img.size
+    if width * height > max_pixels:
+        raise DecodeError("too-large", f"{width}x{height} is over the {max_pixels} pixel limit")
+    if width == 0 or height == 0:
+        raise DecodeError("corrupt", "image has no pixels")
+    try:
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)  # animated GIF/WebP/APNG: the first frame stands for the file
+        if draft_size and img.format == "JPEG":
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        return to_rgb(img)
+    except DecodeError:
+        raise
+    except OSError as exc:
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise DecodeError(reason, str(exc)) from exc
+    except (ValueError, SyntaxError, EOFError, IndexError, MemoryError) as exc:
+        raise DecodeError("corrupt", str(exc) or type(exc).__name__) from exc
+
+
+def open_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None,
+               max_bytes: int = 200 * 1024 * 1024) -> Image.Image:
+    """Read and decode one file; see `decode`."""
+    return decode(read_bytes(path, max_bytes), max_pixels=max_pixels, draft_size=draft_size,
+                  suffix=path.suffix)

@@ -1,0 +1,189 @@
+"""The Python API: one `Library` (a directory) holding named collections.
+
+    from lookalike import Library
+    with Library.open() as lib:                       # $LOOKALIKE_HOME or the user's data dir
+        lib.index(["~/Pictures"], collection="photos")
+        for hit in lib.search("query.jpg", k=10, collection="photos"):
+            print(hit.score, hit.path)
+
+The CLI and the HTTP service are thin faces over this class.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .config import DEFAULT_COLLECTION, Settings, library_home
+from .decode import decode, read_bytes, to_rgb
+from .embed import Embedder, get_embedder, resolve
+from .errors import EmptyLibrary, LookalikeError
+from .ingest import IndexReport as IndexReport
+from .ingest import ProgressFn, check_model, ensure_collection, file_key, index_paths
+from .search import Hit, nearest
+from .store import CollectionInfo, Filter, ImageRecord, Store, open_store
+
+Query = str | os.PathLike[str] | bytes | Image.Image | int
+
+
+class Library:
+    def __init__(self, home: str | os.PathLike[str] | None = None, *, settings: Settings | None = None,
+                 store: Store | None = None) -> None:
+        self.home = library_home(home)
+        self.settings = settings or Settings.load(self.home)
+        self.store = store or open_store(self.home, exact_below=self.settings.exact_below)
+        self._embedders: dict[str, Embedder] = {}
+
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None, **settings: Any) -> Library:
+        resolved = library_home(home)
+        return cls(resolved, settings=Settings.load(resolved, **settings))
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- models -------------------------------------------------------------------------------
+    @property
+    def model_dir(self) -> Path:
+        return self.home / "models"
+
+    def embedder(self, model: str | None = None) -> Embedder:
+        name = resolve(model or self.settings.model)
+        if name not in self._embedders:
+            self._embedders[name] = get_embedder(name, self.model_dir, threads=self.settings.intra_op_threads)
+        return self._embedders[name]
+
+    def collection_embedder(self, collection: str, model: str | None = None) -> Embedder:
+        info = self.store.collection(collection)
+        embedder = self.embedder(model or info.model)
+        check_model(collection, info.model, info.dim, embedder)
+        return embedder
+
+    # -- collections --------------------------------------------------------------------------
+    def collections(self) -> list[CollectionInfo]:
+        return self.store.collections()
+
+    def info(self, collection: str = DEFAULT_COLLECTION) -> CollectionInfo:
+        return self.store.collection(collection)
+
+    def create_collection(self, name: str, model: str | None = None, index_spec: str = "auto") -> CollectionInfo:
+        embedder = self.embedder(model)
+        return self.store.create_collection(name, embedder.name, embedder.dim, embedder.metric, index_spec)
+
+    def drop_collection(self, name: str) -> None:
+        self.store.drop_collection(name)
+
+    # -- writing ------------------------------------------------------------------------------
+    def index(self, paths: list[str | os.PathLike[str]], collection: str = DEFAULT_COLLECTION, *,
+              model: str | None = None, prune: bool = False, group_id: str | None = None,
+              tags: list[str] | None = None, index_spec: str = "auto",
+              progress: ProgressFn | None = None) -> IndexReport:
+        """Index files and folders; re-running skips unchanged files (see `ingest`)."""
+        try:
+            existing = self.store.collection(collection).model
+        except LookalikeError:
+            existing = None
+        embedder = self.embedder(model or existing)
+        return index_paths(self.store, embedder, [Path(p) for p in paths], collection,
+                           settings=self.settings, prune=prune, group_id=group_id, tags=tags,
+                           index_spec=index_spec, progress=progress, report_dir=self.home / "reports")
+
+    def add_image(self, data: bytes, collection: str = DEFAULT_COLLECTION, *, name: str | None = None,
+                  group_id: str | None = None, tags: list[str] | None = None,
+                  metadata: dict[str, Any] | None = None, model: str | None = None) -> ImageRecord:
+        """Add (or replace, by name) one uploaded picture; `name` defaults to its content hash."""
+        import hashlib
+
+        try:
+            embedder = self.collection_embedder(collection, model)
+        except LookalikeError as exc:
+            if "no collection named" not in str(exc):
+                raise
+            embedder = self.embedder(model)
+            ensure_collection(self.store, collection, embedder)
+        image = decode(data, max_pixels=self.settings.max_pixels, draft_size=embedder.draft_size)
+        digest = hashlib.sha256(data).hexdigest()
+        record = ImageRecord(path=name or f"upload:{digest[:16]}", content_hash=digest, size=len(data),
+                             width=image.size[0], height=image.size[1], group_id=group_id,
+                             tags=list(tags or []), metadata=dict(metadata or {}))
+        vector = embedder.embed_images([image])
+        self.store.upsert(collection, [record], vector)
+        self.store.flush()
+        return record
+
+    def remove(self, targets: list[str | int], collection: str = DEFAULT_COLLECTION) -> int:
+        """Remove images by id, by file path, or every image under a folder path."""
+        self.store.collection(collection)
+        ids: list[int] = []
+        paths: list[str] = []
+        for target in targets:
+            if isinstance(target, int) or (isinstance(target, str) and target.isdigit()
+                                           and not os.path.exists(target)):
+                ids.append(int(target))
+            else:
+                paths.append(str(target))
+        known = self.store.known_files(collection)
+        for raw in paths:
+            key = file_key(Path(raw).expanduser())
+            if key in known:
+                ids.append(known[key][0])
+            elif raw in known:  # uploads are stored under their given name
+                ids.append(known[raw][0])
+            else:
+                under = [v[0] for p, v in known.items() if p.startswith(key.rstrip(os.sep) + os.sep)]
+                if not under:
+                    raise LookalikeError(f"'{raw}' is not in collection '{collection}'; "
+                                         "see `lookalike search` or `lookalike info` for what is indexed")
+                ids.extend(under)
+        removed = self.store.remove(collection, sorted(set(ids)))
+        self.store.flush()
+        return removed
+
+    # -- reading ------------------------------------------------------------------------------
+    def query_vector(self, query: Query | None = None, *, collection: str = DEFAULT_COLLECTION,
+                     text: str | None = None, model: str | None = None) -> np.ndarray:
+        embedder = self.collection_embedder(collection, model)
+        if text is not None:
+            return embedder.embed_text([text])[0]
+        if isinstance(query, int):
+            return self.store.vectors(collection, [query])[0]
+        if isinstance(query, Image.Image):
+            return embedder.embed_images([to_rgb(query)])[0]
+        if isinstance(query, bytes | bytearray):
+            data = bytes(query)
+            suffix = ""
+        else:
+            path = Path(query).expanduser()  # type: ignore[arg-type]
+            data = read_bytes(path, self.settings.max_file_bytes)
+            suffix = path.suffix
+        image = decode(data, max_pixels=self.settings.max_pixels, draft_size=embedder.draft_size, suffix=suffix)
+        return embedder.embed_images([image])[0]
+
+    def search(self, query: Query | None = None, *, k: int = 10, collection: str = DEFAULT_COLLECTION,
+               text: str | None = None, flt: Filter | None = None, min_score: float | None = None,
+               model: str | None = None) -> list[Hit]:
+        """Top-k images like `query` (a path, bytes, PIL image or stored id) or like `text`."""
+        if query is None and text is None:
+            raise LookalikeError("give a query image, an image id, or --text")
+        info = self.store.collection(collection)
+        if info.count == 0:
+            raise EmptyLibrary(f"collection '{collection}' is empty; add images with "
+                               f"`lookalike index PATH --collection {collection}`")
+        vector = self.query_vector(query, collection=collection, text=text, model=model)
+        exclude = {query} if isinstance(query, int) else None
+        return nearest(self.store, collection, vector, k, flt=flt, exclude_ids=exclude, min_score=min_score)
+
+
+def image_from_bytes(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data))

@@ -1,0 +1,566 @@
+"""The embedded store: a SQLite catalogue that owns every row and vector, plus one Faiss index per
+collection that is only a derived, rebuildable cache.
+
+Why this shape: a batch of rows and their vectors is committed in one SQLite transaction, so a run
+killed at any instant leaves either all of a batch or none of it. Every write bumps the collection's
+`generation`; an index file is named after the generation it was built from, so a stale or missing
+file is detected on open and rebuilt from the stored vectors. Catalogue and index can't disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ..errors import LookalikeError, UnknownCollection
+from .base import CollectionInfo, Filter, ImageRecord, Store
+
+SCHEMA_VERSION = 1
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+EXACT_FILTER_LIMIT = 4096  # filters selecting fewer rows than this are searched exactly
+
+_MIGRATIONS: list[str] = [
+    # 1: initial schema
+    """
+    CREATE TABLE collections (
+        name TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        dim INTEGER NOT NULL,
+        metric TEXT NOT NULL DEFAULT 'cosine',
+        index_spec TEXT NOT NULL DEFAULT 'auto',
+        created REAL NOT NULL,
+        generation INTEGER NOT NULL DEFAULT 0,
+        settings TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        content_hash TEXT NOT NULL DEFAULT '',
+        size INTEGER NOT NULL DEFAULT 0,
+        mtime REAL NOT NULL DEFAULT 0,
+        width INTEGER NOT NULL DEFAULT 0,
+        height INTEGER NOT NULL DEFAULT 0,
+        group_id TEXT,
+        tags TEXT NOT NULL DEFAULT '[]',
+        metadata TEXT NOT NULL DEFAULT '{}',
+        added REAL NOT NULL,
+        vector BLOB NOT NULL,
+        UNIQUE (collection, path)
+    );
+    CREATE INDEX images_hash ON images (collection, content_hash);
+    CREATE INDEX images_group ON images (collection, group_id);
+    """,
+]
+
+
+@dataclass
+class _LoadedIndex:
+    index: Any
+    generation: int
+    index_type: str
+    saved: bool
+
+
+def _row_to_record(row: sqlite3.Row) -> ImageRecord:
+    return ImageRecord(
+        id=row["id"], path=row["path"], content_hash=row["content_hash"], size=row["size"],
+        mtime=row["mtime"], width=row["width"], height=row["height"], group_id=row["group_id"],
+        tags=json.loads(row["tags"]), metadata=json.loads(row["metadata"]), added=row["added"],
+    )
+
+
+class EmbeddedStore(Store):
+    """Faiss + SQLite in one library directory. Thread-safe; several processes may read while one writes."""
+
+    def __init__(self, home: Path, *, exact_below: int = 50_000) -> None:
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.index_dir = self.home / "indexes"
+        self.index_dir.mkdir(exist_ok=True)
+        self.exact_below = exact_below
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.home / "catalog.sqlite", check_same_thread=False,
+                                   isolation_level=None, timeout=60)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+        self._indexes: dict[str, _LoadedIndex] = {}
+
+    # -- schema -------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LookalikeError(
+                    f"library at {self.home} was written by a newer lookalike (schema {version}); "
+                    "upgrade lookalike to open it")
+            for number in range(version, SCHEMA_VERSION):
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _MIGRATIONS[number].split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version={number + 1}")
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+
+    # -- collections --------------------------------------------------------------------------
+    def _collection_row(self, name: str) -> sqlite3.Row:
+        row = self._db.execute("SELECT * FROM collections WHERE name=?", (name,)).fetchone()
+        if row is None:
+            names = [r[0] for r in self._db.execute("SELECT name FROM collections ORDER BY name")]
+            hint = f" (known: {', '.join(names)})" if names else " (the library is empty)"
+            raise UnknownCollection(
+                f"no collection named '{name}'{hint}; index a folder into it with "
+                f"`lookalike index PATH --collection {name}` or create it with `lookalike collections create`")
+        return row
+
+    def create_collection(self, name: str, model: str, dim: int, metric: str = "cosine",
+                          index_spec: str = "auto", settings: dict[str, Any] | None = None
+                          ) -> CollectionInfo:
+        if not NAME_RE.match(name):
+            raise LookalikeError(f"invalid collection name '{name}': use 1-64 letters, digits, '_', '-', '.'")
+        if metric not in ("cosine", "hamming"):
+            raise LookalikeError(f"unknown metric '{metric}': use cosine or hamming")
+        if index_spec != "auto":
+            _check_factory(index_spec, dim, metric)
+        with self._lock:
+            exists = self._db.execute("SELECT 1 FROM collections WHERE name=?", (name,)).fetchone()
+            if exists:
+                raise LookalikeError(f"collection '{name}' already exists; drop it first or pick another name")
+            self._db.execute(
+                "INSERT INTO collections(name, model, dim, metric, index_spec, created, settings) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (name, model, dim, metric, index_spec, time.time(), json.dumps(settings or {})))
+        return self.collection(name)
+
+    def drop_collection(self, name: str) -> None:
+        with self._lock:
+            self._collection_row(name)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM images WHERE collection=?", (name,))
+                self._db.execute("DELETE FROM collections WHERE name=?", (name,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._indexes.pop(name, None)
+            for path in self.index_dir.glob(f"{name}.*.faiss"):
+                path.unlink(missing_ok=True)
+
+    def collections(self) -> list[CollectionInfo]:
+        names = [r[0] for r in self._db.execute("SELECT name FROM collections ORDER BY name")]
+        return [self.collection(n) for n in names]
+
+    def collection(self, name: str) -> CollectionInfo:
+        with self._lock:
+            row = self._collection_row(name)
+            count = self.count(name)
+            files = list(self.index_dir.glob(f"{name}.*.faiss"))
+            loaded = self._indexes.get(name)
+            index_type = loaded.index_type if loaded else self._planned_type(row, count)
+            vector_bytes = count * (row["dim"] // 8 if row["metric"] == "hamming" else row["dim"] * 4)
+            return CollectionInfo(
+                name=name, model=row["model"], dim=row["dim"], metric=row["metric"],
+                index_spec=row["index_spec"], created=row["created"], count=count,
+                index_type=index_type,
+                size_bytes=vector_bytes + sum(f.stat().st_size for f in files if f.exists()),
+                settings=json.loads(row["settings"]))
+
+    def set_collection_settings(self, name: str, settings: dict[str, Any]) -> None:
+        with self._lock:
+            self._collection_row(name)
+            self._db.execute("UPDATE collections SET settings=? WHERE name=?", (json.dumps(settings), name))
+
+    # -- rows ---------------------------------------------------------------------------------
+    def count(self, collection: str) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM images WHERE collection=?", (collection,)).fetchone()[0]
+
+    def known_files(self, collection: str) -> dict[str, tuple[int, int, float, str]]:
+        rows = self._db.execute(
+            "SELECT id, path, size, mtime, content_hash FROM images WHERE collection=?", (collection,))
+        return {r["path"]: (r["id"], r["size"], r["mtime"], r["content_hash"]) for r in rows}
+
+    def _encode_vectors(self, row: sqlite3.Row, vectors: np.ndarray) -> list[bytes]:
+        if row["metric"] == "hamming":
+            want = (len(vectors), row["dim"] // 8)
+            arr = np.ascontiguousarray(vectors, dtype=np.uint8)
+        else:
+            want = (len(vectors), row["dim"])
+            arr = np.ascontiguousarray(vectors, dtype=np.float32)
+        if arr.shape != want:
+            raise LookalikeError(
+                f"vectors of shape {arr.shape} do not fit collection '{row['name']}' "
+                f"({row['model']}, {row['dim']}-d); use the collection's model or a new collection")
+        if row["metric"] == "cosine" and not np.all(np.isfinite(arr)):
+            raise LookalikeError("refusing to store vectors with NaN or infinite values")
+        return [v.tobytes() for v in arr]
+
+    def upsert(self, collection: str, records: list[ImageRecord], vectors: np.ndarray) -> list[int]:
+        if len(records) != len(vectors):
+            raise ValueError("records and vectors differ in length")
+        if not records:
+            return []
+        with self._lock:
+            row = self._collection_row(collection)
+            blobs = self._encode_vectors(row, vectors)
+            now = time.time()
+            ids: list[int] = []
+            replaced: list[int] = []
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for rec, blob in zip(records, blobs, strict=True):
+                    old = self._db.execute("SELECT id FROM images WHERE collection=? AND path=?",
+                                           (collection, rec.path)).fetchone()
+                    values = (rec.content_hash, rec.size, rec.mtime, rec.width, rec.height, rec.group_id,
+                              json.dumps(rec.tags), json.dumps(rec.metadata), blob)
+                    if old is not None:
+                        self._db.execute(
+                            "UPDATE images SET content_hash=?, size=?, mtime=?, width=?, height=?, "
+                            "group_id=?, tags=?, metadata=?, vector=? WHERE id=?", (*values, old[0]))
+                        ids.append(old[0])
+                        replaced.append(old[0])
+                    else:
+                        cur = self._db.execute(
+                            "INSERT INTO images(collection, path, content_hash, size, mtime, width, height,"
+                            " group_id, tags, metadata, vector, added) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                            (collection, rec.path, *values, now))
+                        ids.append(int(cur.lastrowid))
+                new_gen = self._bump(collection)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            for rec, new_id in zip(records, ids, strict=True):
+                rec.id = new_id
+            self._apply_to_index(collection, row, new_gen, remove=replaced,
+                                 add=(np.asarray(ids, dtype=np.int64), vectors))
+            return ids
+
+    def remove(self, collection: str, ids: list[int]) -> int:
+        with self._lock:
+            row = self._collection_row(collection)
+            if not ids:
+                return 0
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                removed = 0
+                for chunk in _chunks(ids, 500):
+                    marks = ",".join("?" * len(chunk))
+                    removed += self._db.execute(
+                        f"DELETE FROM images WHERE collection=? AND id IN ({marks})",
+                        (collection, *chunk)).rowcount
+                new_gen = self._bump(collection) if removed else None
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            if new_gen is not None:
+                self._apply_to_index(collection, row, new_gen, remove=list(ids), add=None)
+            return removed
+
+    def update_metadata(self, collection: str, image_id: int, *, group_id: str | None = None,
+                        tags: list[str] | None = None, metadata: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            self._collection_row(collection)
+            current = self.get(collection, [image_id])
+            if not current:
+                raise LookalikeError(f"no image with id {image_id} in collection '{collection}'")
+            rec = current[0]
+            self._db.execute(
+                "UPDATE images SET group_id=?, tags=?, metadata=? WHERE id=?",
+                (group_id if group_id is not None else rec.group_id,
+                 json.dumps(tags if tags is not None else rec.tags),
+                 json.dumps({**rec.metadata, **metadata} if metadata is not None else rec.metadata),
+                 image_id))
+
+    def get(self, collection: str, ids: list[int]) -> list[ImageRecord]:
+        out: dict[int, ImageRecord] = {}
+        for chunk in _chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute(
+                    "SELECT id, path, content_hash, size, mtime, width, height, group_id, tags, metadata, "
+                    f"added FROM images WHERE collection=? AND id IN ({marks})", (collection, *chunk)):
+                out[row["id"]] = _row_to_record(row)
+        return [out[i] for i in ids if i in out]
+
+    def find_ids(self, collection: str, *, paths: list[str] | None = None,
+                 flt: Filter | None = None) -> list[int]:
+        where, args = ["collection=?"], [collection]
+        if paths is not None:
+            found: list[int] = []
+            for chunk in _chunks(paths, 500):
+                marks = ",".join("?" * len(chunk))
+                found += [r[0] for r in self._db.execute(
+                    f"SELECT id FROM images WHERE collection=? AND path IN ({marks})", (collection, *chunk))]
+            return found
+        if flt is not None:
+            if flt.group_id is not None:
+                where.append("group_id=?")
+                args.append(flt.group_id)
+            if flt.path_prefix is not None:
+                where.append("substr(path, 1, ?)=?")
+                args += [len(flt.path_prefix), flt.path_prefix]
+            for tag in flt.tags:
+                where.append("EXISTS (SELECT 1 FROM json_each(images.tags) WHERE value=?)")
+                args.append(tag)
+            for key, value in flt.metadata.items():
+                where.append("json_extract(metadata, ?)=?")
+                args += ["$." + json.dumps(str(key)), value]
+            if flt.ids is not None:
+                where.append(f"id IN ({','.join(str(int(i)) for i in flt.ids) or 'NULL'})")
+        sql = f"SELECT id FROM images WHERE {' AND '.join(where)} ORDER BY id"
+        return [r[0] for r in self._db.execute(sql, args)]
+
+    def vectors(self, collection: str, ids: list[int]) -> np.ndarray:
+        row = self._collection_row(collection)
+        found: dict[int, bytes] = {}
+        for chunk in _chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for r in self._db.execute(
+                    f"SELECT id, vector FROM images WHERE collection=? AND id IN ({marks})",
+                    (collection, *chunk)):
+                found[r[0]] = r[1]
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise LookalikeError(f"no image with id {missing[0]} in collection '{collection}'")
+        return self._decode_blobs(row, [found[i] for i in ids])
+
+    def all_vectors(self, collection: str) -> tuple[np.ndarray, np.ndarray]:
+        row = self._collection_row(collection)
+        ids, blobs = [], []
+        for r in self._db.execute("SELECT id, vector FROM images WHERE collection=? ORDER BY id",
+                                  (collection,)):
+            ids.append(r[0])
+            blobs.append(r[1])
+        return np.asarray(ids, dtype=np.int64), self._decode_blobs(row, blobs)
+
+    @staticmethod
+    def _decode_blobs(row: sqlite3.Row, blobs: list[bytes]) -> np.ndarray:
+        if row["metric"] == "hamming":
+            width, dtype = row["dim"] // 8, np.uint8
+        else:
+            width, dtype = row["dim"], np.float32
+        if not blobs:
+            return np.zeros((0, width), dtype=dtype)
+        return np.frombuffer(b"".join(blobs), dtype=dtype).reshape(len(blobs), width).copy()
+
+    def _bump(self, collection: str) -> int:
+        self._db.execute("UPDATE collections SET generation=generation+1 WHERE name=?", (collection,))
+        return self._db.execute("SELECT generation FROM collections WHERE name=?", (collection,)).fetchone()[0]
+
+    # -- the Faiss index (derived) ------------------------------------------------------------
+    def _planned_type(self, row: sqlite3.Row, count: int) -> str:
+        if row["index_spec"] != "auto":
+            return row["index_spec"]
+        if row["metric"] == "hamming":
+            return "BFlat"
+        return "Flat" if count < self.exact_below else "HNSW32"
+
+    def _new_index(self, row: sqlite3.Row, spec: str, train: np.ndarray | None) -> tuple[Any, str]:
+        dim = row["dim"]
+        if row["metric"] == "hamming":
+            return faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(dim)), "BFlat"
+        inner = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+        if not inner.is_trained:
+            if train is None or len(train) < _min_train(spec):
+                inner = faiss.IndexFlatIP(dim)  # too few vectors to train yet: exact until there are
+                spec = f"Flat (until {_min_train(spec)} vectors for {spec})"
+            else:
+                inner.train(train)
+        if isinstance(inner, faiss.IndexHNSW):
+            inner.hnsw.efSearch = 128
+        return faiss.IndexIDMap2(inner), spec
+
+    def _index_file(self, collection: str, generation: int) -> Path:
+        return self.index_dir / f"{collection}.{generation}.faiss"
+
+    def _load_index(self, collection: str) -> _LoadedIndex:
+        row = self._collection_row(collection)
+        gen = row["generation"]
+        loaded = self._indexes.get(collection)
+        if loaded is not None and loaded.generation == gen:
+            return loaded
+        path = self._index_file(collection, gen)
+        meta_path = path.with_suffix(".json")
+        if path.exists() and meta_path.exists():
+            try:
+                reader = faiss.read_index_binary if row["metric"] == "hamming" else faiss.read_index
+                index = reader(str(path))
+                meta = json.loads(meta_path.read_text())
+                loaded = _LoadedIndex(index, gen, meta["index_type"], saved=True)
+                self._indexes[collection] = loaded
+                return loaded
+            except (RuntimeError, OSError, ValueError, KeyError):
+                pass  # damaged file: rebuild below
+        return self._rebuild(collection, row)
+
+    def _rebuild(self, collection: str, row: sqlite3.Row) -> _LoadedIndex:
+        ids, vecs = self.all_vectors(collection)
+        spec = self._planned_type(row, len(ids))
+        index, index_type = self._new_index(row, spec, vecs)
+        if len(ids):
+            index.add_with_ids(vecs, ids)
+        loaded = _LoadedIndex(index, row["generation"], index_type, saved=False)
+        self._indexes[collection] = loaded
+        return loaded
+
+    def _apply_to_index(self, collection: str, row: sqlite3.Row, new_gen: int, *,
+                        remove: list[int], add: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Keep an in-memory index current after our own write, or drop it to be rebuilt."""
+        loaded = self._indexes.get(collection)
+        if loaded is None:
+            return
+        if loaded.generation != new_gen - 1:
+            self._indexes.pop(collection)
+            return
+        try:
+            if remove:
+                loaded.index.remove_ids(np.asarray(remove, dtype=np.int64))
+            if add is not None:
+                ids, vecs = add
+                dtype = np.uint8 if row["metric"] == "hamming" else np.float32
+                loaded.index.add_with_ids(np.ascontiguousarray(vecs, dtype=dtype), ids)
+        except RuntimeError:  # e.g. HNSW cannot remove: rebuild on next use
+            self._indexes.pop(collection)
+            return
+        loaded.generation = new_gen
+        loaded.saved = False
+
+    def index_for(self, collection: str) -> Any:
+        """The current Faiss index of a collection (rebuilt if stale)."""
+        with self._lock:
+            return self._load_index(collection).index
+
+    def search(self, collection: str, queries: np.ndarray, k: int, flt: Filter | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            row = self._collection_row(collection)
+            hamming = row["metric"] == "hamming"
+            q = np.ascontiguousarray(queries, dtype=np.uint8 if hamming else np.float32)
+            if q.ndim == 1:
+                q = q[None, :]
+            k = max(1, int(k))
+            if flt is not None and not flt.is_empty():
+                allowed = self.find_ids(collection, flt=flt)
+                if not allowed:
+                    return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+                if len(allowed) <= EXACT_FILTER_LIMIT:
+                    return self._exact(row, q, k, allowed, self.vectors(collection, allowed))
+                params_cls = faiss.SearchParameters
+                loaded = self._load_index(collection)
+                inner = faiss.downcast_index(loaded.index.index) if not hamming else None
+                if isinstance(inner, faiss.IndexHNSW):
+                    params_cls = faiss.SearchParametersHNSW
+                params = params_cls(sel=faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)))
+                dist, ids = loaded.index.search(q, k, params=params)
+            else:
+                loaded = self._load_index(collection)
+                dist, ids = loaded.index.search(q, k)
+            return self._to_scores(row, dist, ids), ids.astype(np.int64)
+
+    def _exact(self, row: sqlite3.Row, q: np.ndarray, k: int, ids: list[int], vecs: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        id_arr = np.asarray(ids, dtype=np.int64)
+        if row["metric"] == "hamming":
+            bits = np.unpackbits(q[:, None, :] ^ vecs[None, :, :], axis=2).sum(axis=2)
+            sims = 1.0 - bits / row["dim"]
+        else:
+            sims = q @ vecs.T
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        scores = np.take_along_axis(sims, order, axis=1).astype(np.float32)
+        out_ids = id_arr[order]
+        if order.shape[1] < k:
+            pad = k - order.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=-1)
+        return scores, out_ids
+
+    @staticmethod
+    def _to_scores(row: sqlite3.Row, dist: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        if row["metric"] == "hamming":
+            scores = 1.0 - dist.astype(np.float32) / row["dim"]
+        else:
+            scores = dist.astype(np.float32)
+        return np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+
+    def flush(self) -> None:
+        """Write every changed index to a file named after its generation (atomic), drop older files."""
+        with self._lock:
+            for collection, loaded in list(self._indexes.items()):
+                row = self._db.execute("SELECT * FROM collections WHERE name=?", (collection,)).fetchone()
+                if row is None:
+                    continue
+                if row["generation"] != loaded.generation:
+                    continue  # another process wrote meanwhile: its state wins, we rebuild on next open
+                planned = self._planned_type(row, loaded.index.ntotal)
+                if planned != loaded.index_type and not loaded.index_type.startswith("Flat (until"):
+                    loaded = self._rebuild(collection, row)  # crossed the exact/approximate threshold
+                elif loaded.index_type.startswith("Flat (until") and loaded.index.ntotal >= _min_train(
+                        planned):
+                    loaded = self._rebuild(collection, row)
+                if loaded.saved:
+                    continue
+                path = self._index_file(collection, loaded.generation)
+                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+                writer = faiss.write_index_binary if row["metric"] == "hamming" else faiss.write_index
+                writer(loaded.index, str(tmp))
+                meta_tmp = tmp.with_suffix(".jsontmp")
+                meta_tmp.write_text(json.dumps({"index_type": loaded.index_type,
+                                                "generation": loaded.generation}))
+                os.replace(meta_tmp, path.with_suffix(".json"))
+                os.replace(tmp, path)
+                loaded.saved = True
+                for old in self.index_dir.glob(f"{collection}.*.faiss"):
+                    if old != path:
+                        old.unlink(missing_ok=True)
+                        old.with_suffix(".json").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.flush()
+        with self._lock:
+            self._db.close()
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _min_train(spec: str) -> int:
+    """Vectors needed to train an index of this factory spec (IVF needs ~39 per list; PQ 256 per code)."""
+    need = 1
+    match = re.search(r"IVF(\d+)", spec)
+    if match:
+        need = max(need, 39 * int(match.group(1)))
+    if re.search(r"PQ\d+", spec):
+        need = max(need, 256 * 39 // 10)
+    return need
+
+
+def _check_factory(spec: str, dim: int, metric: str) -> None:
+    if metric == "hamming":
+        raise LookalikeError("binary (hamming) collections use exact search; leave --index-spec as auto")
+    try:
+        faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "invalid"
+        raise LookalikeError(f"invalid Faiss index_factory string '{spec}': {first[:120]}") from exc
+
+
+__all__ = ["EmbeddedStore"]

@@ -301,6 +301,31 @@ def models(as_json: bool) -> None:
     _console().print(table)
 
 
+@cli.command()
+@click.option("--host", default=None, help="Address to listen on (env LOOKALIKE_HOST; default 127.0.0.1).")
+@click.option("--port", "-p", type=click.IntRange(0, 65535), default=None,
+              help="Port to listen on (env LOOKALIKE_PORT; default 8000).")
+@click.option("--api-key", default=None,
+              help="Require this key (X-API-Key header) for write endpoints; prefer env LOOKALIKE_API_KEY.")
+@click.option("--cors-origins", default=None, help="Comma-separated origins allowed to call the API from a "
+              "browser, or '*' (env LOOKALIKE_CORS_ORIGINS).")
+@click.option("--allowed-root", "allowed_roots", multiple=True, type=click.Path(file_okay=False),
+              help="Server-side folder the index endpoint may read (repeatable; env LOOKALIKE_ALLOWED_ROOTS).")
+@click.option("--max-upload-bytes", type=click.IntRange(1), default=None,
+              help="Largest accepted image upload (env LOOKALIKE_MAX_UPLOAD_BYTES; default 20 MiB).")
+@click.option("--log-format", type=click.Choice(["json", "text"]), default=None,
+              help="Log lines as JSON objects (default) or text (env LOOKALIKE_LOG_FORMAT).")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, api_key: str | None, cors_origins: str | None,
+          allowed_roots: tuple[str, ...], max_upload_bytes: int | None, log_format: str | None) -> None:
+    """Run the HTTP API and web page (API docs at /docs); stop with Ctrl-C."""
+    from .server import serve as run_server
+
+    run_server(ctx.obj.get("home"), host=host, port=port, api_key=api_key, cors_origins=cors_origins,
+               allowed_roots=list(allowed_roots) or None, max_upload_bytes=max_upload_bytes,
+               log_format=log_format)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 1."""
     try:

@@ -26,7 +26,7 @@ from ..errors import LookalikeError, UnknownCollection
 from .base import CollectionInfo, Filter, ImageRecord, Store
 
 SCHEMA_VERSION = 1
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 EXACT_FILTER_LIMIT = 4096  # filters selecting fewer rows than this are searched exactly
 
 _MIGRATIONS: list[str] = [
@@ -98,6 +98,7 @@ class EmbeddedStore(Store):
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
         self._indexes: dict[str, _LoadedIndex] = {}
+        self._written: set[str] = set()  # collections this process changed: flush saves their index
 
     # -- schema -------------------------------------------------------------------------------
     def _migrate(self) -> None:
@@ -134,7 +135,7 @@ class EmbeddedStore(Store):
                           index_spec: str = "auto", settings: dict[str, Any] | None = None
                           ) -> CollectionInfo:
         if not NAME_RE.match(name):
-            raise LookalikeError(f"invalid collection name '{name}': use 1-64 letters, digits, '_', '-', '.'")
+            raise LookalikeError(f"invalid collection name '{name}': use 1-64 letters, digits, '_' or '-'")
         if metric not in ("cosine", "hamming"):
             raise LookalikeError(f"unknown metric '{metric}': use cosine or hamming")
         if index_spec != "auto":
@@ -161,7 +162,7 @@ class EmbeddedStore(Store):
                 self._db.execute("ROLLBACK")
                 raise
             self._indexes.pop(name, None)
-            for path in self.index_dir.glob(f"{name}.*.faiss"):
+            for path in [*self.index_dir.glob(f"{name}.*.faiss"), *self.index_dir.glob(f"{name}.*.json")]:
                 path.unlink(missing_ok=True)
 
     def collections(self) -> list[CollectionInfo]:
@@ -172,9 +173,8 @@ class EmbeddedStore(Store):
         with self._lock:
             row = self._collection_row(name)
             count = self.count(name)
+            index_type = self._load_index(name).index_type if count else self._planned_type(row, count)
             files = list(self.index_dir.glob(f"{name}.*.faiss"))
-            loaded = self._indexes.get(name)
-            index_type = loaded.index_type if loaded else self._planned_type(row, count)
             vector_bytes = count * (row["dim"] // 8 if row["metric"] == "hamming" else row["dim"] * 4)
             return CollectionInfo(
                 name=name, model=row["model"], dim=row["dim"], metric=row["metric"],
@@ -247,6 +247,7 @@ class EmbeddedStore(Store):
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._written.add(collection)
             for rec, new_id in zip(records, ids, strict=True):
                 rec.id = new_id
             self._apply_to_index(collection, row, new_gen, remove=replaced,
@@ -272,6 +273,7 @@ class EmbeddedStore(Store):
                 self._db.execute("ROLLBACK")
                 raise
             if new_gen is not None:
+                self._written.add(collection)
                 self._apply_to_index(collection, row, new_gen, remove=list(ids), add=None)
             return removed
 
@@ -503,6 +505,10 @@ class EmbeddedStore(Store):
     def flush(self) -> None:
         """Write every changed index to a file named after its generation (atomic), drop older files."""
         with self._lock:
+            for collection in self._written - set(self._indexes):
+                if self._db.execute("SELECT 1 FROM collections WHERE name=?", (collection,)).fetchone():
+                    self._load_index(collection)
+            self._written.clear()
             for collection, loaded in list(self._indexes.items()):
                 row = self._db.execute("SELECT * FROM collections WHERE name=?", (collection,)).fetchone()
                 if row is None:

@@ -1,0 +1,147 @@
+"""The embedded store keeps catalogue and Faiss index in step, across writes, processes and crashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike.errors import LookalikeError, UnknownCollection
+from lookalike.store import EmbeddedStore, Filter, ImageRecord
+
+
+def unit(rows: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def records(n: int, prefix: str = "/img") -> list[ImageRecord]:
+    return [ImageRecord(path=f"{prefix}/{i}.jpg", size=i, mtime=float(i)) for i in range(n)]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> EmbeddedStore:
+    s = EmbeddedStore(tmp_path)
+    s.create_collection("c", "m", 16)
+    return s
+
+
+def test_search_finds_each_vector_first(store: EmbeddedStore) -> None:
+    vecs = unit(50)
+    ids = store.upsert("c", records(50), vecs)
+    scores, found = store.search("c", vecs, 3)
+    assert list(found[:, 0]) == ids
+    assert np.allclose(scores[:, 0], 1.0, atol=1e-5)
+
+
+def test_upsert_by_path_replaces_and_keeps_id(store: EmbeddedStore) -> None:
+    vecs = unit(5)
+    ids = store.upsert("c", records(5), vecs)
+    new = unit(1, seed=9)
+    again = store.upsert("c", [ImageRecord(path="/img/2.jpg", size=99)], new)
+    assert again == [ids[2]] and store.count("c") == 5
+    _, found = store.search("c", new, 1)
+    assert found[0, 0] == ids[2]
+    assert np.allclose(store.vectors("c", [ids[2]]), new)
+
+
+def test_remove_updates_search(store: EmbeddedStore) -> None:
+    vecs = unit(10)
+    ids = store.upsert("c", records(10), vecs)
+    assert store.remove("c", ids[:3]) == 3
+    _, found = store.search("c", vecs, 10)
+    assert not set(ids[:3]) & set(found.ravel().tolist())
+    assert store.count("c") == 7
+
+
+def test_index_file_is_reused_and_stale_file_rebuilt(tmp_path: Path) -> None:
+    s1 = EmbeddedStore(tmp_path)
+    s1.create_collection("c", "m", 16)
+    vecs = unit(20)
+    s1.upsert("c", records(20), vecs)
+    s1.flush()
+    files = list((tmp_path / "indexes").glob("c.*.faiss"))
+    assert len(files) == 1
+    # a second process writes without flushing (as if killed): the file is now stale
+    s2 = EmbeddedStore(tmp_path)
+    extra = unit(5, seed=3)
+    s2.upsert("c", records(5, "/more"), extra)
+    s3 = EmbeddedStore(tmp_path)
+    _, found = s3.search("c", extra, 1)
+    assert set(found[:, 0]) <= set(s3.find_ids("c", paths=[f"/more/{i}.jpg" for i in range(5)]))
+    assert s3.index_for("c").ntotal == 25
+
+
+def test_damaged_index_file_is_rebuilt(tmp_path: Path) -> None:
+    s = EmbeddedStore(tmp_path)
+    s.create_collection("c", "m", 16)
+    vecs = unit(8)
+    s.upsert("c", records(8), vecs)
+    s.close()
+    for f in (tmp_path / "indexes").glob("*.faiss"):
+        f.write_bytes(b"garbage")
+    _, found = EmbeddedStore(tmp_path).search("c", vecs, 1)
+    assert found[:, 0].tolist() == list(range(1, 9))
+
+
+def test_filters(store: EmbeddedStore) -> None:
+    recs = records(6)
+    for i, r in enumerate(recs):
+        r.group_id = "even" if i % 2 == 0 else "odd"
+        r.tags = ["cat"] if i < 3 else ["dog"]
+        r.metadata = {"camera": "x100" if i == 5 else "phone"}
+    vecs = unit(6)
+    ids = store.upsert("c", recs, vecs)
+    _, found = store.search("c", vecs[:1], 6, Filter(group_id="odd"))
+    assert set(found[0][found[0] >= 0]) == {ids[1], ids[3], ids[5]}
+    _, found = store.search("c", vecs[:1], 6, Filter(tags=["cat"], group_id="even"))
+    assert set(found[0][found[0] >= 0]) == {ids[0], ids[2]}
+    _, found = store.search("c", vecs[:1], 6, Filter(metadata={"camera": "x100"}))
+    assert found[0][0] == ids[5] and (found[0][1:] == -1).all()
+    _, found = store.search("c", vecs[:1], 3, Filter(path_prefix="/nowhere"))
+    assert (found == -1).all()
+
+
+def test_factory_index_and_approximate_threshold(tmp_path: Path) -> None:
+    s = EmbeddedStore(tmp_path, exact_below=100)
+    s.create_collection("h", "m", 16)
+    vecs = unit(300)
+    ids = s.upsert("h", records(300), vecs)
+    s.flush()
+    assert s.collection("h").index_type == "HNSW32"
+    _, found = s.search("h", vecs[:20], 1)
+    assert (found[:, 0] == np.asarray(ids[:20])).mean() >= 0.95
+    s.create_collection("ivf", "m", 16, index_spec="IVF4,Flat")
+    s.upsert("ivf", records(10), vecs[:10])
+    assert s.collection("ivf").index_type.startswith("Flat (until")  # too few to train yet
+    with pytest.raises(LookalikeError, match="index_factory"):
+        s.create_collection("bad", "m", 16, index_spec="NoSuchIndex")
+
+
+def test_hamming_collection(tmp_path: Path) -> None:
+    s = EmbeddedStore(tmp_path)
+    s.create_collection("h", "phash", 64, metric="hamming")
+    codes = np.random.default_rng(0).integers(0, 256, size=(10, 8), dtype=np.uint8)
+    ids = s.upsert("h", records(10), codes)
+    scores, found = s.search("h", codes[:2], 2)
+    assert found[:, 0].tolist() == ids[:2] and np.allclose(scores[:, 0], 1.0)
+
+
+def test_errors_are_clear(store: EmbeddedStore) -> None:
+    with pytest.raises(UnknownCollection, match="no collection named 'nope'"):
+        store.search("nope", unit(1), 1)
+    with pytest.raises(LookalikeError, match="do not fit collection"):
+        store.upsert("c", records(1), unit(1, dim=8))
+    with pytest.raises(LookalikeError, match="invalid collection name"):
+        store.create_collection("../etc", "m", 16)
+    assert store.count("c") == 0  # the refused write stored nothing
+
+
+def test_drop_collection_removes_rows_and_files(store: EmbeddedStore, tmp_path: Path) -> None:
+    store.upsert("c", records(3), unit(3))
+    store.flush()
+    store.drop_collection("c")
+    assert not list((tmp_path / "indexes").glob("c.*"))
+    with pytest.raises(UnknownCollection):
+        store.collection("c")

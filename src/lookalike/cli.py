@@ -292,13 +292,57 @@ def models(as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(show_edge=False)
-    for col in ("name", "dim", "input", "text", "local", "licence", "source"):
-        table.add_column(col)
+    for col in ("name", "dim", "metric", "input", "text", "local", "int8 cost", "licence", "source"):
+        table.add_column(col, overflow="fold", no_wrap=col == "name")
     for c in cards:
         name = c["name"] + (" (default)" if c["name"] == DEFAULT_MODEL else "")
-        table.add_row(name, str(c["dim"]), str(c["input_size"]), "yes" if c["text"] else "no",
-                      "yes" if c["available"] else "no", c["licence"], c["source"])
-    _console().print(table)
+        table.add_row(name, str(c["dim"]), c["metric"], str(c["input_size"]), "yes" if c["text"] else "no",
+                      "yes" if c["available"] else "no", str(c["extra"].get("int8", "-")), c["licence"],
+                      c["source"])
+    from rich.console import Console
+
+    Console(width=None if sys.stdout.isatty() else 250).print(table)  # piped: one line per model, greppable
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--module", "module_spec", default=None,
+              help="Export any torch module instead: MODULE:CALLABLE returning an nn.Module.")
+@click.option("--input-shape", default="1,3,224,224", show_default=True, help="Example input shape for --module.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ONNX file to write (--module); named models go to the library's models dir.")
+@click.option("--random-weights", is_flag=True, help="Build without downloading weights (to check the export).")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Largest allowed torch/ONNX difference.")
+@json_option
+@click.pass_context
+def export(ctx: click.Context, model: str | None, module_spec: str | None, input_shape: str, out: Path | None,
+           random_weights: bool, atol: float, as_json: bool) -> None:
+    """Export a torch model (CLIP/timm by name, or --module) to ONNX, checked against torch."""
+    from .embed import export as ex
+
+    if (model is None) == (module_spec is None):
+        raise click.UsageError("give a MODEL name (see `lookalike models`) or --module MODULE:CALLABLE")
+    if module_spec:
+        torch = ex.require_torch()
+        shape = tuple(int(v) for v in input_shape.split(","))
+        target = out or Path(module_spec.replace(":", "_").replace(".", "_") + ".onnx")
+        report = ex.export_module(ex.load_callable(module_spec), torch.randn(*shape), target,
+                                  input_names=["input"], output_names=["output"], atol=atol)
+        result = {"path": str(report.path), "max_abs_diff": report.max_abs_diff, "output_shape": report.shapes}
+    else:
+        from .embed import torch_models
+
+        spec = next((s for s in torch_models.BUILTIN if s.name == model), None)
+        if spec is None:
+            raise LookalikeError(f"'{model}' is not a torch model; choose one of "
+                                 + ", ".join(s.name for s in torch_models.BUILTIN))
+        built = torch_models.build(spec, _library(ctx).model_dir, pretrained=not random_weights)
+        result = {"path": str(built.image_onnx), "text_path": str(built.text_onnx) if built.text_onnx else None,
+                  "dim": built.dim, "max_abs_diff": built.max_abs_diff}
+    if as_json:
+        _emit(result)
+    else:
+        click.echo(f"wrote {result['path']} (max |torch - onnx| = {result['max_abs_diff']})")
 
 
 @cli.command()
@@ -324,6 +368,56 @@ def serve(ctx: click.Context, host: str | None, port: int | None, api_key: str |
     run_server(ctx.obj.get("home"), host=host, port=port, api_key=api_key, cors_origins=cors_origins,
                allowed_roots=list(allowed_roots) or None, max_upload_bytes=max_upload_bytes,
                log_format=log_format)
+
+
+@cli.command("eval")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "-m", "models", multiple=True, help="Model to measure (repeatable; default: the default).")
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Ground-truth JSON {query_id: [relevant_ids]} (ids relative to DATASET).")
+@click.option("--captions", "captions_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Captions CSV (image,caption) for text-to-image evaluation.")
+@click.option("-k", "ks", multiple=True, type=click.IntRange(1, 1000), help="Cut-offs (default 1 5 10 20).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N queries.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("eval-report"),
+              show_default=True, help="Folder for eval.json, eval.md and recall_at_k.png.")
+@click.option("--html", "with_html", is_flag=True, help="Also write worst.html: the worst queries with thumbnails.")
+@json_option
+@click.pass_context
+def eval_command(ctx: click.Context, dataset: Path, models: tuple[str, ...], truth: Path | None,
+                 captions_csv: Path | None, ks: tuple[int, ...], limit: int | None, out_dir: Path,
+                 with_html: bool, as_json: bool) -> None:
+    """Measure retrieval quality on a labelled DATASET (class folders, UKBench, ground truth or captions)."""
+    from .eval import load
+    from .eval.report import headline_columns, to_json, write_all
+    from .eval.runner import DEFAULT_KS, evaluate, open_eval_library
+
+    lib = _library(ctx)
+    eval_set = load(str(dataset), truth=truth, captions_csv=captions_csv)
+    eval_lib = open_eval_library(lib.home / "eval", lib.model_dir)
+    try:
+        from .embed import resolve
+
+        results = [evaluate(eval_lib, eval_set, resolve(model), ks=tuple(sorted(ks)) or DEFAULT_KS, limit=limit)
+                   for model in (models or (lib.settings.model,))]
+    finally:
+        eval_lib.close()
+    command = "lookalike eval " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
+    files = write_all(out_dir, eval_set, results, command=command, with_html=with_html)
+    if as_json:
+        _emit({**to_json(eval_set, results, per_query=False), "files": files})
+        return
+    from rich.table import Table
+
+    cols = [c for c in headline_columns(results) if not c.startswith(("precision", "nDCG"))][:7]
+    table = Table(title=f"{eval_set.name}: {len(eval_set.images)} images, {len(results[0].queries)} queries")
+    for col in ("model", *cols, "p50 ms"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in results:
+        table.add_row(r.model, *[f"{r.metrics[c]:.4f}" if r.metrics.get(c) is not None else "-" for c in cols],
+                      f"{r.latency_ms['p50']:.2f}")
+    _console().print(table)
+    click.echo("reports: " + ", ".join(files.values()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,8 +33,9 @@ Query = str | os.PathLike[str] | bytes | Image.Image | int
 
 class Library:
     def __init__(self, home: str | os.PathLike[str] | None = None, *, settings: Settings | None = None,
-                 store: Store | None = None) -> None:
+                 store: Store | None = None, model_dir: Path | None = None) -> None:
         self.home = library_home(home)
+        self._model_dir = model_dir
         self.settings = settings or Settings.load(self.home)
         self.store = store or open_store(self.home, exact_below=self.settings.exact_below)
         self._embedders: dict[str, Embedder] = {}
@@ -56,7 +57,7 @@ class Library:
     # -- models -------------------------------------------------------------------------------
     @property
     def model_dir(self) -> Path:
-        return self.home / "models"
+        return self._model_dir or self.home / "models"
 
     def embedder(self, model: str | None = None) -> Embedder:
         name = resolve(model or self.settings.model)
@@ -182,7 +183,14 @@ class Library:
                                f"`lookalike index PATH --collection {collection}`")
         vector = self.query_vector(query, collection=collection, text=text, model=model)
         exclude = {query} if isinstance(query, int) else None
-        return nearest(self.store, collection, vector, k, flt=flt, exclude_ids=exclude, min_score=min_score)
+        return self.search_vector(vector, k=k, collection=collection, flt=flt, exclude_ids=exclude,
+                                  min_score=min_score)
+
+    def search_vector(self, vector: np.ndarray, *, k: int = 10, collection: str = DEFAULT_COLLECTION,
+                      flt: Filter | None = None, exclude_ids: set[int] | None = None,
+                      min_score: float | None = None) -> list[Hit]:
+        """Top-k for an already embedded query (what `search` does after embedding)."""
+        return nearest(self.store, collection, vector, k, flt=flt, exclude_ids=exclude_ids, min_score=min_score)
 
 
 def image_from_bytes(data: bytes) -> Image.Image:

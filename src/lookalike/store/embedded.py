@@ -9,12 +9,14 @@ file is detected on open and rebuilt from the stored vectors. Catalogue and inde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -265,7 +267,7 @@ class EmbeddedStore(Store):
                 for chunk in _chunks(ids, 500):
                     marks = ",".join("?" * len(chunk))
                     removed += self._db.execute(
-                        f"DELETE FROM images WHERE collection=? AND id IN ({marks})",
+                        f"DELETE FROM images WHERE +collection=? AND id IN ({marks})",
                         (collection, *chunk)).rowcount
                 new_gen = self._bump(collection) if removed else None
                 self._db.execute("COMMIT")
@@ -298,7 +300,7 @@ class EmbeddedStore(Store):
             marks = ",".join("?" * len(chunk))
             for row in self._db.execute(
                     "SELECT id, path, content_hash, size, mtime, width, height, group_id, tags, metadata, "
-                    f"added FROM images WHERE collection=? AND id IN ({marks})", (collection, *chunk)):
+                    f"added FROM images WHERE +collection=? AND id IN ({marks})", (collection, *chunk)):
                 out[row["id"]] = _row_to_record(row)
         return [out[i] for i in ids if i in out]
 
@@ -336,7 +338,7 @@ class EmbeddedStore(Store):
         for chunk in _chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
             for r in self._db.execute(
-                    f"SELECT id, vector FROM images WHERE collection=? AND id IN ({marks})",
+                    f"SELECT id, vector FROM images WHERE +collection=? AND id IN ({marks})",
                     (collection, *chunk)):
                 found[r[0]] = r[1]
         missing = [i for i in ids if i not in found]
@@ -459,23 +461,29 @@ class EmbeddedStore(Store):
             if q.ndim == 1:
                 q = q[None, :]
             k = max(1, int(k))
-            if flt is not None and not flt.is_empty():
-                allowed = self.find_ids(collection, flt=flt)
-                if not allowed:
-                    return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-                if len(allowed) <= EXACT_FILTER_LIMIT:
-                    return self._exact(row, q, k, allowed, self.vectors(collection, allowed))
-                params_cls = faiss.SearchParameters
-                loaded = self._load_index(collection)
-                inner = faiss.downcast_index(loaded.index.index) if not hamming else None
-                if isinstance(inner, faiss.IndexHNSW):
-                    params_cls = faiss.SearchParametersHNSW
-                params = params_cls(sel=faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)))
-                dist, ids = loaded.index.search(q, k, params=params)
-            else:
-                loaded = self._load_index(collection)
-                dist, ids = loaded.index.search(q, k)
-            return self._to_scores(row, dist, ids), ids.astype(np.int64)
+            with _omp_threads(1 if len(q) < 8 else 0):
+                return self._search_locked(collection, row, q, k, flt)
+
+    def _search_locked(self, collection: str, row: sqlite3.Row, q: np.ndarray, k: int, flt: Filter | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        hamming = row["metric"] == "hamming"
+        if flt is not None and not flt.is_empty():
+            allowed = self.find_ids(collection, flt=flt)
+            if not allowed:
+                return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+            if len(allowed) <= EXACT_FILTER_LIMIT:
+                return self._exact(row, q, k, allowed, self.vectors(collection, allowed))
+            params_cls = faiss.SearchParameters
+            loaded = self._load_index(collection)
+            inner = faiss.downcast_index(loaded.index.index) if not hamming else None
+            if isinstance(inner, faiss.IndexHNSW):
+                params_cls = faiss.SearchParametersHNSW
+            params = params_cls(sel=faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)))
+            dist, ids = loaded.index.search(q, k, params=params)
+        else:
+            loaded = self._load_index(collection)
+            dist, ids = loaded.index.search(q, k)
+        return self._to_scores(row, dist, ids), ids.astype(np.int64)
 
     def _exact(self, row: sqlite3.Row, q: np.ndarray, k: int, ids: list[int], vecs: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -542,6 +550,21 @@ class EmbeddedStore(Store):
         self.flush()
         with self._lock:
             self._db.close()
+
+
+@contextlib.contextmanager
+def _omp_threads(n: int) -> Iterator[None]:
+    """Single queries run on one thread: OpenMP fan-out costs more than it gains for them, and far more
+    when other processes share the cores."""
+    if n <= 0:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

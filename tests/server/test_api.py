@@ -153,7 +153,12 @@ def test_search_by_indexed_id_is_more_like_this_without_itself(client: TestClien
 
 
 def test_search_by_text_needs_a_model_with_a_text_tower(client: TestClient) -> None:
-    r = client.post("/api/search", json={"text": "a red car", "collection": "uk"})
+    r = client.post("/api/search", json={"text": "a red car", "collection": "uk", "k": 3})
+    assert r.status_code == 200 and len(r.json()["results"]) == 3  # the default model's offline fallback
+    r = client.post("/api/collections", json={"name": "hashes", "model": "phash"}, headers=WRITE)
+    assert r.status_code == 201, r.text
+    assert client.post("/api/collections/hashes/images", files=upload(jpeg(0)), headers=WRITE).status_code == 201
+    r = client.post("/api/search", json={"text": "a red car", "collection": "hashes"})
     assert r.status_code == 400 and "text tower" in r.json()["message"]
 
 
@@ -307,7 +312,7 @@ def test_compare_errors_name_the_image_at_fault(client: TestClient) -> None:
 def test_list_and_describe_collections(client: TestClient) -> None:
     listed = client.get("/api/collections").json()
     uk = next(c for c in listed["collections"] if c["name"] == "uk")
-    assert uk["count"] == 40 and uk["dim"] == 1280 and uk["text"] is False
+    assert uk["count"] == 40 and uk["dim"] == 1280 and uk["text"] is True
     described = client.get("/api/collections/uk").json()
     assert {k: described[k] for k in ("name", "count", "dim", "model", "index_type")} == \
         {k: uk[k] for k in ("name", "count", "dim", "model", "index_type")}

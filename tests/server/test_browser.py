@@ -78,7 +78,7 @@ def test_uploading_a_photo_shows_the_other_views_first(live_server: str, browser
     page.wait_for_selector("#collection option[value='uk']", state="attached")
     assert page.input_value("#collection") == "uk"
     assert "1000 images" in page.text_content("#stats")
-    assert not page.is_visible("#text-form")  # this model has no text tower
+    assert page.is_visible("#text-form")  # the default model searches by text (offline fallback)
     page.set_input_files("#file", str(UKBENCH / "ukbench00000.jpg"))
     page.wait_for_selector("#results[data-state='done'] .hit")
     top4 = result_names(page)[:4]

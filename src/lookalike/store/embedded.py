@@ -112,6 +112,9 @@ class EmbeddedStore(Store):
                     "upgrade lookalike to open it")
             for number in range(version, SCHEMA_VERSION):
                 self._db.execute("BEGIN IMMEDIATE")
+                if self._db.execute("PRAGMA user_version").fetchone()[0] > number:
+                    self._db.execute("ROLLBACK")  # another process migrated while we waited for the lock
+                    continue
                 try:
                     for statement in _MIGRATIONS[number].split(";"):
                         if statement.strip():
@@ -542,7 +545,8 @@ class EmbeddedStore(Store):
                 os.replace(tmp, path)
                 loaded.saved = True
                 for old in self.index_dir.glob(f"{collection}.*.faiss"):
-                    if old != path:
+                    generation = old.name.split(".")[-2]
+                    if generation.isdigit() and int(generation) < loaded.generation:  # newer files are not ours
                         old.unlink(missing_ok=True)
                         old.with_suffix(".json").unlink(missing_ok=True)
 

@@ -11,7 +11,6 @@ The CLI and the HTTP service are thin faces over this class.
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Any
@@ -191,7 +190,3 @@ class Library:
                       min_score: float | None = None) -> list[Hit]:
         """Top-k for an already embedded query (what `search` does after embedding)."""
         return nearest(self.store, collection, vector, k, flt=flt, exclude_ids=exclude_ids, min_score=min_score)
-
-
-def image_from_bytes(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data))

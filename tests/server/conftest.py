@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,18 @@ def jpeg(path_index: int = 0) -> bytes:
 
 def names(results: list[dict]) -> list[str]:
     return [Path(r["path"]).name for r in results]
+
+
+def wait_http_ready(base: str, alive: Callable[[], None] = lambda: None, timeout: float = 60) -> None:
+    """Poll /readyz until the server answers 200; `alive` raises if the server died meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        alive()
+        assert time.monotonic() < deadline, "server did not get ready"
+        time.sleep(0.1)

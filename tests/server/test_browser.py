@@ -10,14 +10,13 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ..conftest import UKBENCH
+from .conftest import wait_http_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -44,16 +43,7 @@ def live_server(ukbench_library) -> Iterator[str]:
     thread = threading.Thread(target=server.run, name="live-server", daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "live server did not get ready"
-        time.sleep(0.1)
+    wait_http_ready(base)
     yield base
     server.should_exit = True
     thread.join(15)

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from lookalike.cli import main
 from lookalike.config import Settings
 from lookalike.errors import LookalikeError
 from lookalike.server.settings import ServerSettings
+
+from .conftest import wait_http_ready
 
 
 def free_port() -> int:
@@ -72,17 +73,10 @@ def test_serve_runs_logs_json_and_stops_cleanly_on_sigterm(home: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
+        def alive() -> None:
             assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "server did not get ready"
-            time.sleep(0.2)
+
+        wait_http_ready(base, alive)
         with urllib.request.urlopen(base + "/api/collections", timeout=5) as r:
             assert json.loads(r.read()) == {"collections": [], "count": 0}
         with urllib.request.urlopen(base + "/", timeout=5) as r:

@@ -281,13 +281,16 @@ def drop_collection(ctx: click.Context, name: str, yes: bool, as_json: bool) -> 
 
 @cli.command()
 @json_option
-def models(as_json: bool) -> None:
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
     """List the available embedders."""
-    from .embed import DEFAULT_MODEL, model_cards
+    from .config import library_home
+    from .embed import model_cards, resolve
 
+    default = resolve(None, library_home(ctx.obj.get("home")) / "models")
     cards = [c.to_dict() for c in model_cards()]
     if as_json:
-        _emit({"default": DEFAULT_MODEL, "models": cards})
+        _emit({"default": default, "models": cards})
         return
     from rich.table import Table
 
@@ -295,7 +298,7 @@ def models(as_json: bool) -> None:
     for col in ("name", "dim", "metric", "input", "text", "local", "int8 cost", "licence", "source"):
         table.add_column(col, overflow="fold", no_wrap=col == "name")
     for c in cards:
-        name = c["name"] + (" (default)" if c["name"] == DEFAULT_MODEL else "")
+        name = c["name"] + (" (default)" if c["name"] == default else "")
         table.add_row(name, str(c["dim"]), c["metric"], str(c["input_size"]), "yes" if c["text"] else "no",
                       "yes" if c["available"] else "no", str(c["extra"].get("int8", "-")), c["licence"],
                       c["source"])
@@ -398,7 +401,8 @@ def eval_command(ctx: click.Context, dataset: Path, models: tuple[str, ...], tru
     try:
         from .embed import resolve
 
-        results = [evaluate(eval_lib, eval_set, resolve(model), ks=tuple(sorted(ks)) or DEFAULT_KS, limit=limit)
+        results = [evaluate(eval_lib, eval_set, resolve(model, lib.model_dir), ks=tuple(sorted(ks)) or DEFAULT_KS,
+                            limit=limit)
                    for model in (models or (lib.settings.model,))]
     finally:
         eval_lib.close()

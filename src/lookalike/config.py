@@ -34,6 +34,8 @@ class Settings:
     max_file_bytes: int = 200 * 1024 * 1024
     intra_op_threads: int = 0  # 0: ONNX Runtime picks (physical cores)
     exact_below: int = 50_000  # collections smaller than this use exact search
+    dba_k: int = 4  # new collections: database-side augmentation over this many neighbours (0: off)
+    qe_k: int = 5  # new collections: query expansion over this many top hits (0: off)
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod

@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from . import refine
 from .config import Settings
 from .decode import decode, read_bytes, walk_images
 from .embed import Embedder
 from .errors import DecodeError, LookalikeError, ModelMismatch, UnknownCollection
+from .refine import RefineParams
 from .store import ImageRecord, Store
 
 ProgressFn = Callable[[int, int], None]  # (files done, files to do)
@@ -82,14 +84,23 @@ class _Prepared:
     same_content_id: int | None = None  # file touched but bytes unchanged: only the row is refreshed
 
 
-def ensure_collection(store: Store, name: str, embedder: Embedder, index_spec: str = "auto") -> None:
+def ensure_collection(store: Store, name: str, embedder: Embedder, index_spec: str = "auto",
+                      settings: Settings | None = None) -> None:
     """Create the collection for this model, or check that it was built with this model."""
     try:
         info = store.collection(name)
     except UnknownCollection:
-        store.create_collection(name, embedder.name, embedder.dim, embedder.metric, index_spec)
+        store.create_collection(name, embedder.name, embedder.dim, embedder.metric, index_spec,
+                                settings=collection_settings(embedder, settings or Settings()))
         return
     check_model(info.name, info.model, info.dim, embedder)
+
+
+def collection_settings(embedder: Embedder, settings: Settings) -> dict[str, Any]:
+    """What a new collection records: the refinement it uses (vectors of hashes are not refined)."""
+    if embedder.metric != "cosine" or (settings.dba_k <= 0 and settings.qe_k <= 0):
+        return {}
+    return RefineParams(dba_k=max(0, settings.dba_k), qe_k=max(0, settings.qe_k)).to_settings()
 
 
 def check_model(collection: str, model: str, dim: int, embedder: Embedder) -> None:
@@ -121,7 +132,7 @@ def index_paths(
     settings = settings or Settings()
     roots = [Path(r).expanduser() for r in roots]
     started = time.perf_counter()
-    ensure_collection(store, collection, embedder, index_spec)
+    ensure_collection(store, collection, embedder, index_spec, settings)
     report = IndexReport(collection=collection, model=embedder.name)
 
     def on_walk_error(path: Path, reason: str, detail: str) -> None:
@@ -229,6 +240,7 @@ def index_paths(
 
     if prune:
         report.removed = prune_missing(store, collection, roots)
+    refine.refresh(store, collection)  # also picks up rows a killed run committed but never refined
     store.flush()
     report.seconds = time.perf_counter() - started
     report.count = store.count(collection)

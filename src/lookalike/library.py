@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import refine
 from .config import DEFAULT_COLLECTION, Settings, library_home
 from .decode import decode, read_bytes, to_rgb
 from .embed import Embedder, get_embedder, resolve
 from .errors import EmptyLibrary, LookalikeError
 from .ingest import IndexReport as IndexReport
-from .ingest import ProgressFn, check_model, ensure_collection, file_key, index_paths
+from .ingest import ProgressFn, check_model, collection_settings, ensure_collection, file_key, index_paths
 from .search import Hit, nearest
 from .store import CollectionInfo, Filter, ImageRecord, Store, open_store
 
@@ -59,7 +60,7 @@ class Library:
         return self._model_dir or self.home / "models"
 
     def embedder(self, model: str | None = None) -> Embedder:
-        name = resolve(model or self.settings.model)
+        name = resolve(model or self.settings.model, self.model_dir)
         if name not in self._embedders:
             self._embedders[name] = get_embedder(name, self.model_dir, threads=self.settings.intra_op_threads)
         return self._embedders[name]
@@ -79,7 +80,8 @@ class Library:
 
     def create_collection(self, name: str, model: str | None = None, index_spec: str = "auto") -> CollectionInfo:
         embedder = self.embedder(model)
-        return self.store.create_collection(name, embedder.name, embedder.dim, embedder.metric, index_spec)
+        return self.store.create_collection(name, embedder.name, embedder.dim, embedder.metric, index_spec,
+                                            settings=collection_settings(embedder, self.settings))
 
     def drop_collection(self, name: str) -> None:
         self.store.drop_collection(name)
@@ -111,7 +113,7 @@ class Library:
             if "no collection named" not in str(exc):
                 raise
             embedder = self.embedder(model)
-            ensure_collection(self.store, collection, embedder)
+            ensure_collection(self.store, collection, embedder, settings=self.settings)
         image = decode(data, max_pixels=self.settings.max_pixels, draft_size=embedder.draft_size)
         digest = hashlib.sha256(data).hexdigest()
         record = ImageRecord(path=name or f"upload:{digest[:16]}", content_hash=digest, size=len(data),
@@ -119,6 +121,7 @@ class Library:
                              tags=list(tags or []), metadata=dict(metadata or {}))
         vector = embedder.embed_images([image])
         self.store.upsert(collection, [record], vector)
+        refine.refresh(self.store, collection)
         self.store.flush()
         return record
 
@@ -147,6 +150,7 @@ class Library:
                                          "see `lookalike search` or `lookalike info` for what is indexed")
                 ids.extend(under)
         removed = self.store.remove(collection, sorted(set(ids)))
+        refine.refresh(self.store, collection)
         self.store.flush()
         return removed
 
@@ -172,7 +176,7 @@ class Library:
 
     def search(self, query: Query | None = None, *, k: int = 10, collection: str = DEFAULT_COLLECTION,
                text: str | None = None, flt: Filter | None = None, min_score: float | None = None,
-               model: str | None = None) -> list[Hit]:
+               model: str | None = None, expand: bool = True) -> list[Hit]:
         """Top-k images like `query` (a path, bytes, PIL image or stored id) or like `text`."""
         if query is None and text is None:
             raise LookalikeError("give a query image, an image id, or --text")
@@ -183,10 +187,33 @@ class Library:
         vector = self.query_vector(query, collection=collection, text=text, model=model)
         exclude = {query} if isinstance(query, int) else None
         return self.search_vector(vector, k=k, collection=collection, flt=flt, exclude_ids=exclude,
-                                  min_score=min_score)
+                                  min_score=min_score, expand=expand and text is None)
 
     def search_vector(self, vector: np.ndarray, *, k: int = 10, collection: str = DEFAULT_COLLECTION,
                       flt: Filter | None = None, exclude_ids: set[int] | None = None,
-                      min_score: float | None = None) -> list[Hit]:
-        """Top-k for an already embedded query (what `search` does after embedding)."""
+                      min_score: float | None = None, expand: bool = True) -> list[Hit]:
+        """Top-k for an already embedded query (what `search` does after embedding).
+
+        `expand` applies the collection's query expansion (refine.py) to image queries; pass False
+        for text queries, whose vectors live in a different region of the space."""
+        if expand:
+            params = refine.RefineParams.of(self.store.collection(collection))
+            vector = refine.expand_query(self.store, collection, vector, params, flt)
         return nearest(self.store, collection, vector, k, flt=flt, exclude_ids=exclude_ids, min_score=min_score)
+
+    def set_refinement(self, collection: str = DEFAULT_COLLECTION, *, dba_k: int | None = None,
+               qe_k: int | None = None, off: bool = False) -> refine.RefineParams:
+        """Change a collection's refinement (recomputing its augmented vectors) and return the new one."""
+        current = refine.RefineParams.of(self.store.collection(collection))
+        if off:
+            refine.rebuild(self.store, collection, None)
+            self.store.flush()
+            return refine.RefineParams(dba_k=0, qe_k=0)
+        params = refine.RefineParams(
+            dba_k=current.dba_k if dba_k is None else max(0, dba_k),
+            dba_power=current.dba_power,
+            qe_k=current.qe_k if qe_k is None else max(0, qe_k),
+            qe_alpha=current.qe_alpha)
+        refine.rebuild(self.store, collection, params)
+        self.store.flush()
+        return params

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,10 @@ from pathlib import Path
 from ..errors import LookalikeError
 from .base import Embedder, ModelCard
 
-DEFAULT_MODEL = "efficientnet-lite2"
+DEFAULT_MODEL = "efficientnet-lite0+mobilenet-v3-small"  # chosen by measurement: docs/benchmarks.md
+FALLBACK_MODEL = "efficientnet-lite0"  # the default's best part, when MediaPipe's file is not at hand
+_FUSED_DEFAULT = [("efficientnet-lite0", 1.4), ("mobilenet-v3-small", 1.0)]
+_warned: set[str] = set()
 
 
 @dataclass
@@ -19,21 +23,39 @@ class Entry:
 
 
 _REGISTRY: dict[str, Entry] = {}
+log = logging.getLogger("lookalike")
 
 
 def register(name: str, factory: Callable[[Path, int], Embedder], card: Callable[[], ModelCard]) -> None:
     _REGISTRY[name] = Entry(factory, card)
 
 
-def resolve(name: str | None) -> str:
-    return DEFAULT_MODEL if name in (None, "", "default") else name  # type: ignore[return-value]
+def resolve(name: str | None, cache_dir: Path | None = None) -> str:
+    """The model a name means; "default" is the fused model, or Lite0 alone without MediaPipe's file."""
+    if name not in (None, "", "default"):
+        return name  # type: ignore[return-value]
+    from . import mediapipe
+
+    if mediapipe.model_path(cache_dir) is not None:
+        return DEFAULT_MODEL
+    if FALLBACK_MODEL not in _warned:
+        _warned.add(FALLBACK_MODEL)
+        log.warning("MediaPipe's embedder file is not at hand, so new collections use %s instead of %s; "
+                    "see `lookalike models`", FALLBACK_MODEL, DEFAULT_MODEL)
+    return FALLBACK_MODEL
 
 
 def get_embedder(name: str | None, cache_dir: Path, *, threads: int = 0) -> Embedder:
-    resolved = resolve(name)
+    resolved = resolve(name, cache_dir)
     entry = _REGISTRY.get(resolved)
+    if entry is None and "+" in resolved:
+        from .ensemble import FusedEmbedder, parse
+
+        parts = [(get_embedder(part, cache_dir, threads=threads), weight) for part, weight in parse(resolved)]
+        return FusedEmbedder(resolved, parts)
     if entry is None:
-        raise LookalikeError(f"unknown model '{resolved}'; `lookalike models` lists the available ones")
+        raise LookalikeError(f"unknown model '{resolved}'; `lookalike models` lists the available ones "
+                             "(fuse two with a+b)")
     return entry.factory(cache_dir, threads)
 
 
@@ -52,6 +74,31 @@ def _register_builtin() -> None:
             lambda v=variant: eff.card(v),
         )
     _register_zoo()
+    _register_default()
+
+
+def _register_default() -> None:
+    from . import mediapipe
+    from .ensemble import FusedEmbedder
+
+    description = ("default: EfficientNet-Lite0 GeM (weight 1.4) fused with the MediaPipe embedder; "
+                   "best quality and speed measured offline")
+
+    def factory(cache: Path, threads: int) -> Embedder:
+        parts = [(get_embedder(name, cache, threads=threads), weight) for name, weight in _FUSED_DEFAULT]
+        return FusedEmbedder(DEFAULT_MODEL, parts, description)
+
+    def card() -> ModelCard:
+        parts = {c.name: c for c in (_REGISTRY[n].card() for n, _ in _FUSED_DEFAULT)}
+        lite, mp = parts["efficientnet-lite0"], parts[mediapipe.NAME]
+        return ModelCard(name=DEFAULT_MODEL, dim=lite.dim + mp.dim, input_size=lite.input_size, text=True,
+                         licence="Apache-2.0", source=f"{lite.source} + {mp.source}", description=description,
+                         available=lite.available and mp.available,
+                         extra={"parts": [{"model": n, "weight": w} for n, w in _FUSED_DEFAULT],
+                                "text": "through efficientnet-lite0's offline fallback",
+                                "fallback": FALLBACK_MODEL})
+
+    register(DEFAULT_MODEL, factory, card)
 
 
 def _register_zoo() -> None:

@@ -44,7 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import DEFAULT_COLLECTION
 from ..decode import decode, read_bytes
-from ..embed import DEFAULT_MODEL, Embedder, model_cards, resolve
+from ..embed import Embedder, model_cards, resolve
 from ..errors import DecodeError, EmptyLibrary, LookalikeError, ModelMismatch, UnknownCollection
 from ..ingest import ensure_collection
 from ..library import Library
@@ -206,7 +206,7 @@ class ServiceState:
     def warm_up(self) -> None:
         """Load the default model and every collection's model, and run each once."""
         try:
-            models = {resolve(self.lib.settings.model)} | {c.model for c in self.lib.collections()}
+            models = {resolve(self.lib.settings.model, self.lib.model_dir)} | {c.model for c in self.lib.collections()}
             for name in sorted(models):
                 with suppress(LookalikeError):
                     self.embedder(name).embed_images([Image.new("RGB", (64, 64), "gray")])
@@ -734,7 +734,7 @@ def create_app(library: Library | None = None, *, home: str | os.PathLike[str] |
 
     @app.get("/api/models", tags=["collections"], summary="Embedders this server can use")
     def models() -> dict[str, Any]:
-        return {"default": resolve(state.lib.settings.model) or DEFAULT_MODEL,
+        return {"default": resolve(state.lib.settings.model, state.lib.model_dir),
                 "models": [c.to_dict() for c in model_cards()]}
 
     # -- search and compare

@@ -116,6 +116,30 @@ class Store(ABC):
     def all_vectors(self, collection: str) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every row, in id order."""
 
+    # Database-side augmentation (refine.py): the index searches an augmented vector per row where
+    # one is set, the plain vector otherwise; rows without one are "pending".
+    @abstractmethod
+    def index_vectors(self, collection: str, ids: list[int]) -> np.ndarray:
+        """The vectors the index searches for these rows (augmented where set)."""
+
+    @abstractmethod
+    def pending(self, collection: str) -> list[int]:
+        """Ids of rows with no augmented vector yet (new, changed, or a neighbour changed)."""
+
+    @abstractmethod
+    def neighbour_lists(self, collection: str, ids: list[int]) -> dict[int, list[tuple[int, float]]]:
+        """The (neighbour id, cosine) lists the augmented vectors were computed from, best first."""
+
+    @abstractmethod
+    def set_augmented(self, collection: str, ids: list[int], vectors: np.ndarray,
+                      neighbours: list[list[tuple[int, float]]]) -> None:
+        """Store augmented vectors and their neighbour lists atomically. Changing or removing a row
+        later returns every row whose list holds it to pending."""
+
+    @abstractmethod
+    def clear_augmented(self, collection: str) -> None:
+        """Make every row pending (e.g. after the augmentation settings change)."""
+
     @abstractmethod
     def search(self, collection: str, queries: np.ndarray, k: int, flt: Filter | None = None
                ) -> tuple[np.ndarray, np.ndarray]:

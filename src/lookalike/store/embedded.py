@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import LookalikeError, UnknownCollection
 from .base import CollectionInfo, Filter, ImageRecord, Store
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 EXACT_FILTER_LIMIT = 4096  # filters selecting fewer rows than this are searched exactly
 
@@ -62,6 +62,18 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX images_hash ON images (collection, content_hash);
     CREATE INDEX images_group ON images (collection, group_id);
+    """,
+    # 2: database-side augmentation (see refine.py): the vector the index searches, and the
+    # neighbour lists it was computed from, so adding or removing an image updates only its neighbours
+    """
+    ALTER TABLE images ADD COLUMN augmented BLOB;
+    CREATE TABLE knn (
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        neighbour INTEGER NOT NULL,
+        cos REAL NOT NULL,
+        PRIMARY KEY (image_id, neighbour)
+    ) WITHOUT ROWID;
+    CREATE INDEX knn_neighbour ON knn (neighbour);
     """,
 ]
 
@@ -230,23 +242,33 @@ class EmbeddedStore(Store):
             replaced: list[int] = []
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                changed: list[int] = []
                 for rec, blob in zip(records, blobs, strict=True):
-                    old = self._db.execute("SELECT id FROM images WHERE collection=? AND path=?",
+                    old = self._db.execute("SELECT id, vector FROM images WHERE collection=? AND path=?",
                                            (collection, rec.path)).fetchone()
                     values = (rec.content_hash, rec.size, rec.mtime, rec.width, rec.height, rec.group_id,
                               json.dumps(rec.tags), json.dumps(rec.metadata), blob)
                     if old is not None:
+                        if old[1] == blob:  # same picture, new file facts: the vectors stay valid
+                            self._db.execute(
+                                "UPDATE images SET content_hash=?, size=?, mtime=?, width=?, height=?, "
+                                "group_id=?, tags=?, metadata=?, vector=? WHERE id=?", (*values, old[0]))
+                            ids.append(old[0])
+                            continue
                         self._db.execute(
                             "UPDATE images SET content_hash=?, size=?, mtime=?, width=?, height=?, "
-                            "group_id=?, tags=?, metadata=?, vector=? WHERE id=?", (*values, old[0]))
+                            "group_id=?, tags=?, metadata=?, vector=?, augmented=NULL WHERE id=?",
+                            (*values, old[0]))
                         ids.append(old[0])
                         replaced.append(old[0])
+                        changed.append(old[0])
                     else:
                         cur = self._db.execute(
                             "INSERT INTO images(collection, path, content_hash, size, mtime, width, height,"
                             " group_id, tags, metadata, vector, added) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                             (collection, rec.path, *values, now))
                         ids.append(int(cur.lastrowid))
+                stale = self._invalidate_neighbours(collection, changed)
                 new_gen = self._bump(collection)
                 self._db.execute("COMMIT")
             except BaseException:
@@ -255,9 +277,31 @@ class EmbeddedStore(Store):
             self._written.add(collection)
             for rec, new_id in zip(records, ids, strict=True):
                 rec.id = new_id
-            self._apply_to_index(collection, row, new_gen, remove=replaced,
-                                 add=(np.asarray(ids, dtype=np.int64), vectors))
+            add_ids = sorted(set(ids) | set(stale))
+            self._apply_to_index(collection, row, new_gen, remove=sorted(set(replaced) | set(stale)),
+                                 add=(np.asarray(add_ids, dtype=np.int64),
+                                      self._index_vectors(collection, row, add_ids)))
             return ids
+
+    def _invalidate_neighbours(self, collection: str, changed: list[int]) -> list[int]:
+        """Rows whose augmented vector used a changed or removed row go back to pending (inside a transaction).
+
+        Returns those still-present rows, so the caller can put their plain vectors back in the index."""
+        if not changed:
+            return []
+        stale: set[int] = set()
+        for chunk in _chunks(changed, 500):
+            marks = ",".join("?" * len(chunk))
+            stale.update(r[0] for r in self._db.execute(
+                f"SELECT DISTINCT image_id FROM knn WHERE neighbour IN ({marks})", chunk))
+            self._db.execute(f"DELETE FROM knn WHERE image_id IN ({marks})", chunk)
+        stale -= set(changed)
+        for chunk in _chunks(sorted(stale), 500):
+            marks = ",".join("?" * len(chunk))
+            self._db.execute(f"UPDATE images SET augmented=NULL WHERE +collection=? AND id IN ({marks})",
+                             (collection, *chunk))
+            self._db.execute(f"DELETE FROM knn WHERE image_id IN ({marks})", chunk)
+        return sorted(stale)
 
     def remove(self, collection: str, ids: list[int]) -> int:
         with self._lock:
@@ -272,6 +316,7 @@ class EmbeddedStore(Store):
                     removed += self._db.execute(
                         f"DELETE FROM images WHERE +collection=? AND id IN ({marks})",
                         (collection, *chunk)).rowcount
+                stale = self._invalidate_neighbours(collection, list(ids)) if removed else []
                 new_gen = self._bump(collection) if removed else None
                 self._db.execute("COMMIT")
             except BaseException:
@@ -279,7 +324,9 @@ class EmbeddedStore(Store):
                 raise
             if new_gen is not None:
                 self._written.add(collection)
-                self._apply_to_index(collection, row, new_gen, remove=list(ids), add=None)
+                self._apply_to_index(collection, row, new_gen, remove=sorted(set(ids) | set(stale)),
+                                     add=(np.asarray(stale, dtype=np.int64),
+                                          self._index_vectors(collection, row, stale)))
             return removed
 
     def update_metadata(self, collection: str, image_id: int, *, group_id: str | None = None,
@@ -349,14 +396,93 @@ class EmbeddedStore(Store):
             raise LookalikeError(f"no image with id {missing[0]} in collection '{collection}'")
         return self._decode_blobs(row, [found[i] for i in ids])
 
-    def all_vectors(self, collection: str) -> tuple[np.ndarray, np.ndarray]:
+    def all_vectors(self, collection: str, *, augmented: bool = False) -> tuple[np.ndarray, np.ndarray]:
         row = self._collection_row(collection)
         ids, blobs = [], []
-        for r in self._db.execute("SELECT id, vector FROM images WHERE collection=? ORDER BY id",
+        column = "COALESCE(augmented, vector)" if augmented else "vector"
+        for r in self._db.execute(f"SELECT id, {column} FROM images WHERE collection=? ORDER BY id",
                                   (collection,)):
             ids.append(r[0])
             blobs.append(r[1])
         return np.asarray(ids, dtype=np.int64), self._decode_blobs(row, blobs)
+
+    def _index_vectors(self, collection: str, row: sqlite3.Row, ids: list[int]) -> np.ndarray:
+        """What the index holds for these rows: the augmented vector where there is one, else the plain one."""
+        found: dict[int, bytes] = {}
+        for chunk in _chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for r in self._db.execute(
+                    f"SELECT id, COALESCE(augmented, vector) FROM images WHERE +collection=? AND id IN ({marks})",
+                    (collection, *chunk)):
+                found[r[0]] = r[1]
+        return self._decode_blobs(row, [found[i] for i in ids if i in found])
+
+    def index_vectors(self, collection: str, ids: list[int]) -> np.ndarray:
+        with self._lock:
+            row = self._collection_row(collection)
+            vecs = self._index_vectors(collection, row, ids)
+            if len(vecs) != len(ids):
+                raise LookalikeError(f"some of ids {ids[:5]} are not in collection '{collection}'")
+            return vecs
+
+    def pending(self, collection: str) -> list[int]:
+        return [r[0] for r in self._db.execute(
+            "SELECT id FROM images WHERE collection=? AND augmented IS NULL ORDER BY id", (collection,))]
+
+    def neighbour_lists(self, collection: str, ids: list[int]) -> dict[int, list[tuple[int, float]]]:
+        out: dict[int, list[tuple[int, float]]] = {}
+        for chunk in _chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for r in self._db.execute(
+                    f"SELECT image_id, neighbour, cos FROM knn WHERE image_id IN ({marks})", chunk):
+                out.setdefault(r[0], []).append((r[1], r[2]))
+        for lst in out.values():
+            lst.sort(key=lambda pair: -pair[1])
+        return out
+
+    def set_augmented(self, collection: str, ids: list[int], vectors: np.ndarray,
+                      neighbours: list[list[tuple[int, float]]]) -> None:
+        if not ids:
+            return
+        with self._lock:
+            row = self._collection_row(collection)
+            blobs = self._encode_vectors(row, vectors)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                kept: list[int] = []
+                for image_id, blob, lst in zip(ids, blobs, neighbours, strict=True):
+                    cur = self._db.execute("UPDATE images SET augmented=? WHERE +collection=? AND id=?",
+                                           (blob, collection, image_id))
+                    if cur.rowcount == 0:
+                        continue  # removed meanwhile by another writer
+                    kept.append(image_id)
+                    self._db.execute("DELETE FROM knn WHERE image_id=?", (image_id,))
+                    self._db.executemany("INSERT INTO knn(image_id, neighbour, cos) VALUES (?,?,?)",
+                                         [(image_id, int(n), float(c)) for n, c in lst])
+                new_gen = self._bump(collection)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._written.add(collection)
+            self._apply_to_index(collection, row, new_gen, remove=kept,
+                                 add=(np.asarray(kept, dtype=np.int64), self._index_vectors(collection, row, kept)))
+
+    def clear_augmented(self, collection: str) -> None:
+        with self._lock:
+            self._collection_row(collection)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM knn WHERE image_id IN (SELECT id FROM images WHERE collection=?)",
+                                 (collection,))
+                self._db.execute("UPDATE images SET augmented=NULL WHERE collection=?", (collection,))
+                self._bump(collection)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._written.add(collection)
+            self._indexes.pop(collection, None)
 
     @staticmethod
     def _decode_blobs(row: sqlite3.Row, blobs: list[bytes]) -> np.ndarray:
@@ -419,7 +545,7 @@ class EmbeddedStore(Store):
         return self._rebuild(collection, row)
 
     def _rebuild(self, collection: str, row: sqlite3.Row) -> _LoadedIndex:
-        ids, vecs = self.all_vectors(collection)
+        ids, vecs = self.all_vectors(collection, augmented=True)
         spec = self._planned_type(row, len(ids))
         index, index_type = self._new_index(row, spec, vecs)
         if len(ids):
@@ -440,7 +566,7 @@ class EmbeddedStore(Store):
         try:
             if remove:
                 loaded.index.remove_ids(np.asarray(remove, dtype=np.int64))
-            if add is not None:
+            if add is not None and len(add[0]):
                 ids, vecs = add
                 dtype = np.uint8 if row["metric"] == "hamming" else np.float32
                 loaded.index.add_with_ids(np.ascontiguousarray(vecs, dtype=dtype), ids)
@@ -475,7 +601,7 @@ class EmbeddedStore(Store):
             if not allowed:
                 return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
             if len(allowed) <= EXACT_FILTER_LIMIT:
-                return self._exact(row, q, k, allowed, self.vectors(collection, allowed))
+                return self._exact(row, q, k, allowed, self._index_vectors(collection, row, allowed))
             params_cls = faiss.SearchParameters
             loaded = self._load_index(collection)
             inner = faiss.downcast_index(loaded.index.index) if not hamming else None

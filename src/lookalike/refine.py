@@ -1,0 +1,135 @@
+"""Refine: neighbourhood smoothing that makes plain cosine search clearly better, with no labels.
+
+Two steps, both measured in docs/benchmarks.md ("Retrieval quality"):
+  * database-side augmentation (DBA), at index time: every stored vector x_i is replaced, for search
+    only, by d_i = norm(sum_j max(cos(x_i, x_j), 0)^p * x_j) over its k nearest stored vectors
+    (itself included). Pictures of the same thing pull together; outliers stay put.
+  * alpha query expansion (aQE), at query time: q' = norm(q + sum_j max(q.d_j, 0)^alpha * d_j) over
+    the query's top `qe_k` hits, then the final ranking is by q'.d.
+
+DBA is incremental: each row keeps its neighbour list in the store, so adding a picture recomputes only
+the new rows and the stored rows it enters the top-k of, and removing one recomputes only the rows
+that listed it (the store returns those to "pending"). Nothing is rebuilt wholesale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .embed.base import l2_normalise
+from .store import CollectionInfo, Filter, Store
+
+CANDIDATES = 32  # neighbours fetched from the index per pending row before exact re-scoring
+CHUNK = 1024  # pending rows refined per store transaction
+
+
+@dataclass(frozen=True)
+class RefineParams:
+    dba_k: int = 4
+    dba_power: float = 3.0
+    qe_k: int = 5
+    qe_alpha: float = 3.0
+
+    @classmethod
+    def of(cls, info: CollectionInfo) -> RefineParams:
+        """A collection's parameters; collections made before refinement existed have none (all off)."""
+        raw = info.settings.get("refine") if info.metric == "cosine" else None
+        if not isinstance(raw, dict):
+            return cls(dba_k=0, qe_k=0)
+        return cls(**{k: type(getattr(cls(), k))(v) for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+    def to_settings(self) -> dict[str, Any]:
+        return {"refine": asdict(self)}
+
+
+def _augment(neighbour_vectors: np.ndarray, cosines: np.ndarray, power: float) -> np.ndarray:
+    return l2_normalise((np.clip(cosines, 0.0, None) ** power) @ neighbour_vectors)
+
+
+def refresh(store: Store, collection: str, *, progress: Callable[[int, int], None] | None = None) -> int:
+    """Compute augmented vectors for every pending row (and the rows they join the top-k of)."""
+    info = store.collection(collection)
+    params = RefineParams.of(info)
+    if params.dba_k <= 0:
+        return 0
+    pending = store.pending(collection)
+    done = 0
+    for start in range(0, len(pending), CHUNK):
+        chunk = pending[start:start + CHUNK]
+        _refresh_chunk(store, collection, chunk, params, set(pending[start:]))
+        done += len(chunk)
+        if progress:
+            progress(done, len(pending))
+    return done
+
+
+def _refresh_chunk(store: Store, collection: str, chunk: list[int], params: RefineParams,
+                   still_pending: set[int]) -> None:
+    k = params.dba_k
+    raw = store.vectors(collection, chunk)
+    _, cand = store.search(collection, raw, min(max(CANDIDATES, 2 * k), store.count(collection)))
+    cand_ids = sorted({int(i) for i in cand.ravel() if i >= 0} | set(chunk))
+    position = {i: n for n, i in enumerate(cand_ids)}
+    cand_vectors = store.vectors(collection, cand_ids)
+    lists: dict[int, list[tuple[int, float]]] = {}
+    joins: dict[int, list[tuple[int, float]]] = {}  # stored row -> pending rows that may enter its top-k
+    for row, image_id in enumerate(chunk):
+        ids = {int(i) for i in cand[row] if i >= 0} | {image_id}
+        ordered = sorted(ids)
+        sims = cand_vectors[[position[i] for i in ordered]] @ raw[row]
+        pairs = sorted(zip(ordered, sims.tolist(), strict=True), key=lambda p: (p[0] != image_id, -p[1]))
+        lists[image_id] = pairs[:k]
+        for other, cos in pairs:
+            if other != image_id and other not in still_pending:
+                joins.setdefault(other, []).append((image_id, cos))
+    if joins:
+        current = store.neighbour_lists(collection, list(joins))
+        for other, offers in joins.items():
+            old = current.get(other)
+            if old is None:
+                continue  # pending in another writer's view; it will be refreshed there
+            kth = old[-1][1] if len(old) >= k else -np.inf
+            better = [(i, c) for i, c in offers if c > kth and i not in {n for n, _ in old}]
+            if better:
+                merged = sorted(old + better, key=lambda p: (p[0] != other, -p[1]))[:k]
+                lists[other] = merged
+    targets = list(lists)
+    needed = sorted({n for lst in lists.values() for n, _ in lst})
+    known = dict(zip(cand_ids, cand_vectors, strict=True))
+    missing = [i for i in needed if i not in known]
+    if missing:
+        known.update(zip(missing, store.vectors(collection, missing), strict=True))
+    augmented = np.stack([
+        _augment(np.stack([known[n] for n, _ in lists[t]]),
+                 np.asarray([c for _, c in lists[t]], dtype=np.float32), params.dba_power)
+        for t in targets])
+    store.set_augmented(collection, targets, augmented, [lists[t] for t in targets])
+
+
+def rebuild(store: Store, collection: str, params: RefineParams | None) -> int:
+    """Change a collection's refinement settings (None: off) and recompute every augmented vector."""
+    info = store.collection(collection)
+    settings = {k: v for k, v in info.settings.items() if k != "refine"}
+    if params is not None:
+        settings.update(params.to_settings())
+    store.set_collection_settings(collection, settings)
+    store.clear_augmented(collection)
+    return refresh(store, collection)
+
+
+def expand_query(store: Store, collection: str, query: np.ndarray, params: RefineParams,
+                 flt: Filter | None = None) -> np.ndarray:
+    """Alpha query expansion over the query's top `qe_k` hits in the (augmented) index."""
+    if params.qe_k <= 0:
+        return query
+    scores, ids = store.search(collection, query[None, :], params.qe_k, flt)
+    keep = ids[0] >= 0
+    if not keep.any():
+        return query
+    vectors = store.index_vectors(collection, [int(i) for i in ids[0][keep]])
+    weights = np.clip(scores[0][keep], 0.0, None) ** params.qe_alpha
+    return l2_normalise(query + weights @ vectors)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from lookalike.embed import DEFAULT_MODEL
+
 from .conftest import cli_env, ukbench_images
 
 
@@ -31,11 +33,14 @@ def test_index_search_info_json(home: Path, indexed: Path) -> None:
     results = json.loads(out.stdout)["results"]
     assert [Path(r["path"]).name for r in results] == [f"ukbench0000{i}.jpg" for i in range(4, 8)] or \
         {Path(r["path"]).name for r in results} == {f"ukbench0000{i}.jpg" for i in range(4, 8)}
-    assert results[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert results[0]["score"] == pytest.approx(1.0, abs=3e-3)  # refined (DBA + expansion) score of itself
     assert results[0]["tags"] == ["trip"] and results[0]["group_id"] == "g1"
+    plain = run(home, "search", str(indexed / "ukbench00004.jpg"), "-k", "4", "-c", "photos", "--json", "--no-expand")
+    assert plain.returncode == 0 and json.loads(plain.stdout)["results"][0]["path"] == results[0]["path"]
     info = json.loads(run(home, "info", "--collection", "photos", "--json").stdout)
-    assert info["count"] == 12 and info["model"] == "efficientnet-lite2" and info["index_type"] == "Flat"
-    assert info["size_bytes"] > 12 * 1280 * 4
+    assert info["count"] == 12 and info["model"] == DEFAULT_MODEL and info["index_type"] == "Flat"
+    assert info["settings"]["refine"]["dba_k"] == 4
+    assert info["size_bytes"] > 12 * 2304 * 4
     whole = json.loads(run(home, "info", "--json").stdout)
     assert whole["count"] == 12
 
@@ -80,7 +85,8 @@ def test_remove_and_collections(home: Path, indexed: Path) -> None:
         (["search", "QUERY", "-c", "nope"], "no collection named 'nope'"),
         (["search", "/no/such/file.jpg", "-c", "photos"], "does not exist"),
         (["search", "BADQUERY", "-c", "photos"], "not-an-image"),
-        (["index", "FOLDER", "-c", "photos", "--model", "efficientnet-lite0"], "holds efficientnet-lite2"),
+        (["index", "FOLDER", "-c", "photos", "--model", "efficientnet-lite0"],
+         "holds efficientnet-lite0+mobilenet-v3-small"),
         (["search", "QUERY", "-c", "empty"], "is empty"),
         (["index", "FOLDER", "-c", "x", "--model", "no-such-model"], "unknown model"),
         (["remove", "/not/indexed.jpg", "-c", "photos"], "is not in collection"),

@@ -24,7 +24,7 @@ def test_ukbench_ns_score_over_all_1000_queries(ukbench_library: Library, figure
         total += sum(group(h.path) == group(str(query)) for h in hits)
     score = total / len(queries)
     figures["UKBench-1000 N-S (1000 queries, default model)"] = f"{score:.3f}"
-    assert score >= 3.8
+    assert score >= 3.99  # the quality target of the evaluation issue, with default settings
 
 
 def test_query_by_bytes_id_and_image_agree(ukbench_library: Library) -> None:

@@ -148,11 +148,13 @@ def _parse_filters(group_id: str | None, tags: tuple[str, ...], where: tuple[str
 @click.option("--where", multiple=True, help="Only images whose metadata KEY equals VALUE (KEY=VALUE).")
 @click.option("--under", "path_prefix", default=None, help="Only images under this folder.")
 @click.option("--min-score", type=float, default=None, help="Drop results scoring below this.")
+@click.option("--no-expand", "no_expand", is_flag=True,
+              help="Plain cosine ranking: skip query expansion (the collection's DBA still applies).")
 @json_option
 @click.pass_context
 def search(ctx: click.Context, query: str | None, k: int, collection: str, text: str | None,
            image_id: int | None, group_id: str | None, tags: tuple[str, ...], where: tuple[str, ...],
-           path_prefix: str | None, min_score: float | None, as_json: bool) -> None:
+           path_prefix: str | None, min_score: float | None, no_expand: bool, as_json: bool) -> None:
     """Find images like QUERY (an image file, '-' for stdin), like --id, or like --text."""
     given = sum(x is not None and x != "" for x in (query, text, image_id))
     if given != 1:
@@ -167,7 +169,8 @@ def search(ctx: click.Context, query: str | None, k: int, collection: str, text:
         if not path.is_file():
             raise LookalikeError(f"query image '{query}' does not exist or is not a file")
         target = path
-    hits = lib.search(target, k=k, collection=collection, text=text or None, flt=flt, min_score=min_score)
+    hits = lib.search(target, k=k, collection=collection, text=text or None, flt=flt, min_score=min_score,
+                      expand=not no_expand)
     if as_json:
         _emit({"collection": collection, "query": query if query and query != "-" else
                ({"id": image_id} if image_id is not None else {"text": text} if text else "stdin"),
@@ -375,7 +378,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None, api_key: str |
 
 @cli.command("eval")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--model", "-m", "models", multiple=True, help="Model to measure (repeatable; default: the default).")
+@click.option("--model", "-m", "models", multiple=True,
+              help="Model to measure (repeatable; default: the default). Add ':plain' for plain cosine search "
+                   "without refinement, e.g. -m default -m default:plain.")
 @click.option("--truth", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Ground-truth JSON {query_id: [relevant_ids]} (ids relative to DATASET).")
 @click.option("--captions", "captions_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -399,10 +404,7 @@ def eval_command(ctx: click.Context, dataset: Path, models: tuple[str, ...], tru
     eval_set = load(str(dataset), truth=truth, captions_csv=captions_csv)
     eval_lib = open_eval_library(lib.home / "eval", lib.model_dir)
     try:
-        from .embed import resolve
-
-        results = [evaluate(eval_lib, eval_set, resolve(model, lib.model_dir), ks=tuple(sorted(ks)) or DEFAULT_KS,
-                            limit=limit)
+        results = [evaluate(eval_lib, eval_set, model, ks=tuple(sorted(ks)) or DEFAULT_KS, limit=limit)
                    for model in (models or (lib.settings.model,))]
     finally:
         eval_lib.close()

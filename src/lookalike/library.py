@@ -78,10 +78,13 @@ class Library:
     def info(self, collection: str = DEFAULT_COLLECTION) -> CollectionInfo:
         return self.store.collection(collection)
 
-    def create_collection(self, name: str, model: str | None = None, index_spec: str = "auto") -> CollectionInfo:
+    def create_collection(self, name: str, model: str | None = None, index_spec: str = "auto", *,
+                          refine: bool = True) -> CollectionInfo:
+        """A new empty collection; `refine=False` makes it plain cosine search (no DBA, no expansion)."""
         embedder = self.embedder(model)
+        settings = collection_settings(embedder, self.settings) if refine else {}
         return self.store.create_collection(name, embedder.name, embedder.dim, embedder.metric, index_spec,
-                                            settings=collection_settings(embedder, self.settings))
+                                            settings=settings)
 
     def drop_collection(self, name: str) -> None:
         self.store.drop_collection(name)

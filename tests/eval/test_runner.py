@@ -30,8 +30,8 @@ def flower_slice(tmp_path: Path) -> Path:
 def test_eval_reports_match_independent_computation(home: Path, flower_slice: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / "report"
     run = subprocess.run([sys.executable, "-m", "lookalike.cli", "eval", str(flower_slice), "--out", str(out_dir),
-                          "-k", "1", "-k", "5", "--html", "--json"], env=cli_env(home), capture_output=True,
-                         text=True, timeout=600)
+                          "-k", "1", "-k", "5", "--html", "--json", "-m", "default:plain"], env=cli_env(home),
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)
     for key in ("json", "markdown", "plot", "html"):
@@ -61,7 +61,8 @@ def test_eval_reports_match_independent_computation(home: Path, flower_slice: Pa
     assert reported["recall@1"] == pytest.approx(np.mean(r1), abs=1e-4)
     # a re-run reuses the stored embeddings
     again = subprocess.run([sys.executable, "-m", "lookalike.cli", "eval", str(flower_slice), "--out",
-                            str(out_dir), "--json"], env=cli_env(home), capture_output=True, text=True)
+                            str(out_dir), "--json", "-m", "default:plain"], env=cli_env(home), capture_output=True,
+                            text=True)
     assert json.loads(again.stdout)["models"][0]["index_seconds"] == 0.0
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..embed import resolve
 from ..library import Library
 from . import metrics as m
 from .datasets import EvalSet
@@ -51,9 +52,18 @@ def collection_name(eval_set: EvalSet, model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"{eval_set.name}-{digest}-{model}")[:64]
 
 
+PLAIN = ":plain"  # model suffix: the same model with refinement (DBA + query expansion) off
+
+
 def evaluate(lib: Library, eval_set: EvalSet, model: str, *, ks: tuple[int, ...] = DEFAULT_KS,
              limit: int | None = None) -> ModelResult:
-    collection = collection_name(eval_set, model)
+    """Index the set with `model` and score every query; `model:plain` measures plain cosine search."""
+    plain = model.endswith(PLAIN)
+    model = resolve(model[: -len(PLAIN)] if plain else model, lib.model_dir)
+    variant = model + (PLAIN if plain else "")
+    collection = collection_name(eval_set, model + ("-plain" if plain else ""))
+    if plain and collection not in {c.name for c in lib.collections()}:
+        lib.create_collection(collection, model, refine=False)
     started = time.perf_counter()
     report = lib.index([eval_set.path(i) for i in eval_set.images], collection, model=model, prune=False)
     index_seconds = time.perf_counter() - started if report.embedded else 0.0
@@ -108,7 +118,7 @@ def evaluate(lib: Library, eval_set: EvalSet, model: str, *, ks: tuple[int, ...]
     lat = np.asarray(latencies) if latencies else np.zeros(1)
     latency = {"p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3),
                "mean": round(float(statistics.fmean(lat)), 3)}
-    return ModelResult(model, {k: (round(v, 5) if v is not None else None) for k, v in metric_values.items()},
+    return ModelResult(variant, {k: (round(v, 5) if v is not None else None) for k, v in metric_values.items()},
                        curve, latency, index_seconds, results)
 
 

@@ -136,6 +136,8 @@ SEARCH_OPENAPI: dict[str, Any] = {
             ("id", {"type": "integer"}, "more like this indexed image (instead of an upload)"),
             ("text", {"type": "string"}, "search by text (models with a text tower)"),
             ("min_score", {"type": "number"}, "drop results scoring below this"),
+            ("expand", {"type": "boolean", "default": True},
+             "query expansion on the collection's refined index (false: plain cosine ranking)"),
             ("group_id", {"type": "string"}, "only images with this group id"),
             ("tag", {"type": "array", "items": {"type": "string"}}, "only images carrying every tag"),
             ("where", {"type": "array", "items": {"type": "string"}}, "metadata KEY=VALUE (repeatable)"),
@@ -148,7 +150,8 @@ SEARCH_OPENAPI: dict[str, Any] = {
         "application/json": {"schema": {"type": "object", "properties": {
             "image_base64": {"type": "string"}, "text": {"type": "string"}, "id": {"type": "integer"},
             "k": {"type": "integer"}, "collection": {"type": "string"}, "min_score": {"type": "number"},
-            "group_id": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
+            "expand": {"type": "boolean"}, "group_id": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
             "metadata": {"type": "object"}, "under": {"type": "string"}}}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -382,7 +385,7 @@ class ServiceState:
         return data
 
     def search(self, collection: str, *, image: bytes | None, text: str | None, image_id: int | None,
-               k: int, flt: Filter | None, min_score: float | None) -> dict[str, Any]:
+               k: int, flt: Filter | None, min_score: float | None, expand: bool = True) -> dict[str, Any]:
         started = time.perf_counter()
         embedder = self.embedder_for(collection)
         query: Any = None
@@ -393,7 +396,8 @@ class ServiceState:
             self.get_record(collection, image_id)
             query = image_id
         step = time.perf_counter()
-        hits = self.lib.search(query, k=k, collection=collection, text=text, flt=flt, min_score=min_score)
+        hits = self.lib.search(query, k=k, collection=collection, text=text, flt=flt, min_score=min_score,
+                               expand=expand)
         self.metrics.search_steps.labels("embed+nearest").observe(time.perf_counter() - step)
         return {
             "collection": collection, "model": embedder.name, "k": k,
@@ -808,8 +812,14 @@ def create_app(library: Library | None = None, *, home: str | os.PathLike[str] |
         except (TypeError, ValueError) as exc:
             raise ApiError(422, "bad-parameter", f"min_score must be a number, not {min_score!r}") from exc
         collection = str(params.get("collection") or DEFAULT_COLLECTION)
+        expand = params.get("expand", True)
+        if isinstance(expand, str):
+            if expand.lower() not in ("true", "false", "1", "0", "yes", "no", ""):
+                raise ApiError(422, "bad-parameter", f"expand must be true or false, not {expand!r}")
+            expand = expand.lower() in ("true", "1", "yes", "")
         result = await run_in_threadpool(state.search, collection, image=image, text=text, image_id=image_id,
-                                         k=k or 10, flt=_search_filter(params), min_score=min_score)
+                                         k=k or 10, flt=_search_filter(params), min_score=min_score,
+                                         expand=bool(expand))
         return JSONResponse(result)
 
     app.add_api_route("/api/search", search, methods=["POST"], tags=["search"], openapi_extra=SEARCH_OPENAPI,

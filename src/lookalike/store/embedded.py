@@ -384,6 +384,7 @@ class EmbeddedStore(Store):
 
     def vectors(self, collection: str, ids: list[int]) -> np.ndarray:
         row = self._collection_row(collection)
+        ids = [int(i) for i in ids]
         found: dict[int, bytes] = {}
         for chunk in _chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
@@ -408,6 +409,7 @@ class EmbeddedStore(Store):
 
     def _index_vectors(self, collection: str, row: sqlite3.Row, ids: list[int]) -> np.ndarray:
         """What the index holds for these rows: the augmented vector where there is one, else the plain one."""
+        ids = [int(i) for i in ids]
         found: dict[int, bytes] = {}
         for chunk in _chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))

@@ -51,41 +51,39 @@ def _augment(neighbour_vectors: np.ndarray, cosines: np.ndarray, power: float) -
 
 
 def refresh(store: Store, collection: str, *, progress: Callable[[int, int], None] | None = None) -> int:
-    """Compute augmented vectors for every pending row (and the rows they join the top-k of)."""
+    """Compute augmented vectors for every pending row (and the stored rows they join the top-k of).
+
+    All neighbour searches run first, against one state of the index, and the writes follow in
+    chunks: an index that can't update in place (HNSW) is then rebuilt once, not once per chunk."""
     info = store.collection(collection)
     params = RefineParams.of(info)
     if params.dba_k <= 0:
         return 0
     pending = store.pending(collection)
-    done = 0
-    for start in range(0, len(pending), CHUNK):
-        chunk = pending[start:start + CHUNK]
-        _refresh_chunk(store, collection, chunk, params, set(pending[start:]))
-        done += len(chunk)
-        if progress:
-            progress(done, len(pending))
-    return done
-
-
-def _refresh_chunk(store: Store, collection: str, chunk: list[int], params: RefineParams,
-                   still_pending: set[int]) -> None:
+    if not pending:
+        return 0
     k = params.dba_k
-    raw = store.vectors(collection, chunk)
-    _, cand = store.search(collection, raw, min(max(CANDIDATES, 2 * k), store.count(collection)))
-    cand_ids = sorted({int(i) for i in cand.ravel() if i >= 0} | set(chunk))
-    position = {i: n for n, i in enumerate(cand_ids)}
-    cand_vectors = store.vectors(collection, cand_ids)
+    still_pending = set(pending)
+    depth = min(max(CANDIDATES, 2 * k), store.count(collection))
     lists: dict[int, list[tuple[int, float]]] = {}
     joins: dict[int, list[tuple[int, float]]] = {}  # stored row -> pending rows that may enter its top-k
-    for row, image_id in enumerate(chunk):
-        ids = {int(i) for i in cand[row] if i >= 0} | {image_id}
-        ordered = sorted(ids)
-        sims = cand_vectors[[position[i] for i in ordered]] @ raw[row]
-        pairs = sorted(zip(ordered, sims.tolist(), strict=True), key=lambda p: (p[0] != image_id, -p[1]))
-        lists[image_id] = pairs[:k]
-        for other, cos in pairs:
-            if other != image_id and other not in still_pending:
-                joins.setdefault(other, []).append((image_id, cos))
+    for start in range(0, len(pending), CHUNK):
+        chunk = pending[start:start + CHUNK]
+        raw = store.vectors(collection, chunk)
+        _, cand = store.search(collection, raw, depth)
+        cand_ids = sorted({int(i) for i in cand.ravel() if i >= 0} | set(chunk))
+        position = {i: n for n, i in enumerate(cand_ids)}
+        cand_vectors = store.vectors(collection, cand_ids)
+        for row, image_id in enumerate(chunk):
+            ids = sorted({int(i) for i in cand[row] if i >= 0} | {image_id})
+            sims = cand_vectors[[position[i] for i in ids]] @ raw[row]
+            pairs = sorted(zip(ids, sims.tolist(), strict=True), key=lambda p: (p[0] != image_id, -p[1]))
+            lists[image_id] = pairs[:k]
+            for other, cos in pairs:
+                if other not in still_pending:
+                    joins.setdefault(other, []).append((image_id, cos))
+        if progress:
+            progress(min(start + CHUNK, len(pending)), len(pending))
     if joins:
         current = store.neighbour_lists(collection, list(joins))
         for other, offers in joins.items():
@@ -93,21 +91,21 @@ def _refresh_chunk(store: Store, collection: str, chunk: list[int], params: Refi
             if old is None:
                 continue  # pending in another writer's view; it will be refreshed there
             kth = old[-1][1] if len(old) >= k else -np.inf
-            better = [(i, c) for i, c in offers if c > kth and i not in {n for n, _ in old}]
+            listed = {n for n, _ in old}
+            better = [(i, c) for i, c in offers if c > kth and i not in listed]
             if better:
-                merged = sorted(old + better, key=lambda p: (p[0] != other, -p[1]))[:k]
-                lists[other] = merged
+                lists[other] = sorted(old + better, key=lambda p: (p[0] != other, -p[1]))[:k]
     targets = list(lists)
-    needed = sorted({n for lst in lists.values() for n, _ in lst})
-    known = dict(zip(cand_ids, cand_vectors, strict=True))
-    missing = [i for i in needed if i not in known]
-    if missing:
-        known.update(zip(missing, store.vectors(collection, missing), strict=True))
-    augmented = np.stack([
-        _augment(np.stack([known[n] for n, _ in lists[t]]),
-                 np.asarray([c for _, c in lists[t]], dtype=np.float32), params.dba_power)
-        for t in targets])
-    store.set_augmented(collection, targets, augmented, [lists[t] for t in targets])
+    for start in range(0, len(targets), CHUNK):
+        chunk = targets[start:start + CHUNK]
+        needed = sorted({n for t in chunk for n, _ in lists[t]})
+        vectors = dict(zip(needed, store.vectors(collection, needed), strict=True))
+        augmented = np.stack([
+            _augment(np.stack([vectors[n] for n, _ in lists[t]]),
+                     np.asarray([c for _, c in lists[t]], dtype=np.float32), params.dba_power)
+            for t in chunk])
+        store.set_augmented(collection, chunk, augmented, [lists[t] for t in chunk])
+    return len(pending)
 
 
 def rebuild(store: Store, collection: str, params: RefineParams | None) -> int:

@@ -109,9 +109,16 @@ def test_factory_index_and_approximate_threshold(tmp_path: Path) -> None:
     vecs = unit(300)
     ids = s.upsert("h", records(300), vecs)
     s.flush()
-    assert s.collection("h").index_type == "HNSW32"
+    assert s.collection("h").index_type == "IVF4,Flat"  # about 4*sqrt(N) lists, >= 39 vectors each
     _, found = s.search("h", vecs[:20], 1)
     assert (found[:, 0] == np.asarray(ids[:20])).mean() >= 0.95
+    # IVF updates in place: replacing and removing vectors keeps the loaded index (no rebuild)
+    index = s.index_for("h")
+    s.remove("h", ids[:5])
+    s.upsert("h", records(300)[10:11], -vecs[10:11])
+    assert s.index_for("h") is index and index.ntotal == 295
+    _, found = s.search("h", -vecs[10:11], 1, Filter(ids=ids[5:50]))
+    assert found[0][0] == ids[10]
     s.create_collection("ivf", "m", 16, index_spec="IVF4,Flat")
     s.upsert("ivf", records(10), vecs[:10])
     assert s.collection("ivf").index_type.startswith("Flat (until")  # too few to train yet

@@ -44,3 +44,23 @@ def test_filter_restricts_results(ukbench_library: Library) -> None:
     ids = ukbench_library.store.find_ids("uk")[:50]
     hits = ukbench_library.search(path, k=5, collection="uk", flt=Filter(ids=ids))
     assert hits and all(h.id in ids for h in hits)
+
+
+def test_rotation_invariant_query_finds_a_sideways_copy(home: Path, small_folder: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    with Library.open(home) as lib:
+        lib.index([small_folder], "r", model="mobilenet-v3-small")
+        original = small_folder / "ukbench00005.jpg"
+        buf = io.BytesIO()
+        Image.open(original).transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=95)
+        sideways = buf.getvalue()
+        plain = lib.search(sideways, k=12, collection="r", expand=False)
+        turned = lib.search(sideways, k=12, collection="r", expand=False, rotation_invariant=True)
+        assert Path(turned[0].path).name == "ukbench00005.jpg"
+        score_of = {h.path: h.score for h in plain}
+        assert turned[0].score > score_of[turned[0].path]  # the upright view among the four matches better
+        by_id = lib.search(turned[0].id, k=3, collection="r", rotation_invariant=True)
+        assert {group(h.path) for h in by_id} == {group(str(original))}

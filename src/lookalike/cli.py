@@ -150,11 +150,14 @@ def _parse_filters(group_id: str | None, tags: tuple[str, ...], where: tuple[str
 @click.option("--min-score", type=float, default=None, help="Drop results scoring below this.")
 @click.option("--no-expand", "no_expand", is_flag=True,
               help="Plain cosine ranking: skip query expansion (the collection's DBA still applies).")
+@click.option("--rotation-invariant", is_flag=True,
+              help="Also find copies rotated by 90/180/270 degrees (embeds the query 4 times).")
 @json_option
 @click.pass_context
 def search(ctx: click.Context, query: str | None, k: int, collection: str, text: str | None,
            image_id: int | None, group_id: str | None, tags: tuple[str, ...], where: tuple[str, ...],
-           path_prefix: str | None, min_score: float | None, no_expand: bool, as_json: bool) -> None:
+           path_prefix: str | None, min_score: float | None, no_expand: bool, rotation_invariant: bool,
+           as_json: bool) -> None:
     """Find images like QUERY (an image file, '-' for stdin), like --id, or like --text."""
     given = sum(x is not None and x != "" for x in (query, text, image_id))
     if given != 1:
@@ -170,7 +173,7 @@ def search(ctx: click.Context, query: str | None, k: int, collection: str, text:
             raise LookalikeError(f"query image '{query}' does not exist or is not a file")
         target = path
     hits = lib.search(target, k=k, collection=collection, text=text or None, flt=flt, min_score=min_score,
-                      expand=not no_expand)
+                      expand=not no_expand, rotation_invariant=rotation_invariant)
     if as_json:
         _emit({"collection": collection, "query": query if query and query != "-" else
                ({"id": image_id} if image_id is not None else {"text": text} if text else "stdin"),

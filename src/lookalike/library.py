@@ -159,27 +159,40 @@ class Library:
 
     # -- reading ------------------------------------------------------------------------------
     def query_vector(self, query: Query | None = None, *, collection: str = DEFAULT_COLLECTION,
-                     text: str | None = None, model: str | None = None) -> np.ndarray:
+                     text: str | None = None, model: str | None = None,
+                     rotation_invariant: bool = False) -> np.ndarray:
+        """The vector a query searches with. `rotation_invariant` embeds the picture at 0, 90, 180 and
+        270 degrees and averages: it finds photos stored sideways with no EXIF tag (docs/benchmarks.md)."""
         embedder = self.collection_embedder(collection, model)
         if text is not None:
             return embedder.embed_text([text])[0]
         if isinstance(query, int):
-            return self.store.vectors(collection, [query])[0]
+            if not rotation_invariant:
+                return self.store.vectors(collection, [query])[0]
+            record = self.store.get(collection, [query])
+            if not record or not os.path.isfile(record[0].path):
+                return self.store.vectors(collection, [query])[0]  # raises for an unknown id
+            query = record[0].path
         if isinstance(query, Image.Image):
-            return embedder.embed_images([to_rgb(query)])[0]
-        if isinstance(query, bytes | bytearray):
-            data = bytes(query)
-            suffix = ""
+            image = to_rgb(query)
         else:
-            path = Path(query).expanduser()  # type: ignore[arg-type]
-            data = read_bytes(path, self.settings.max_file_bytes)
-            suffix = path.suffix
-        image = decode(data, max_pixels=self.settings.max_pixels, draft_size=embedder.draft_size, suffix=suffix)
-        return embedder.embed_images([image])[0]
+            if isinstance(query, bytes | bytearray):
+                data, suffix = bytes(query), ""
+            else:
+                path = Path(query).expanduser()  # type: ignore[arg-type]
+                data, suffix = read_bytes(path, self.settings.max_file_bytes), path.suffix
+            image = decode(data, max_pixels=self.settings.max_pixels, draft_size=embedder.draft_size,
+                           suffix=suffix)
+        if not rotation_invariant:
+            return embedder.embed_images([image])[0]
+        views = [image, *(image.transpose(t) for t in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                                         Image.Transpose.ROTATE_270))]
+        mean = embedder.embed_images(views).mean(axis=0)
+        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
     def search(self, query: Query | None = None, *, k: int = 10, collection: str = DEFAULT_COLLECTION,
                text: str | None = None, flt: Filter | None = None, min_score: float | None = None,
-               model: str | None = None, expand: bool = True) -> list[Hit]:
+               model: str | None = None, expand: bool = True, rotation_invariant: bool = False) -> list[Hit]:
         """Top-k images like `query` (a path, bytes, PIL image or stored id) or like `text`."""
         if query is None and text is None:
             raise LookalikeError("give a query image, an image id, or --text")
@@ -187,7 +200,8 @@ class Library:
         if info.count == 0:
             raise EmptyLibrary(f"collection '{collection}' is empty; add images with "
                                f"`lookalike index PATH --collection {collection}`")
-        vector = self.query_vector(query, collection=collection, text=text, model=model)
+        vector = self.query_vector(query, collection=collection, text=text, model=model,
+                                   rotation_invariant=rotation_invariant)
         exclude = {query} if isinstance(query, int) else None
         return self.search_vector(vector, k=k, collection=collection, flt=flt, exclude_ids=exclude,
                                   min_score=min_score, expand=expand and text is None)

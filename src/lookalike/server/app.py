@@ -138,6 +138,8 @@ SEARCH_OPENAPI: dict[str, Any] = {
             ("min_score", {"type": "number"}, "drop results scoring below this"),
             ("expand", {"type": "boolean", "default": True},
              "query expansion on the collection's refined index (false: plain cosine ranking)"),
+            ("rotation_invariant", {"type": "boolean", "default": False},
+             "also find copies rotated by 90/180/270 degrees (embeds the query 4 times)"),
             ("group_id", {"type": "string"}, "only images with this group id"),
             ("tag", {"type": "array", "items": {"type": "string"}}, "only images carrying every tag"),
             ("where", {"type": "array", "items": {"type": "string"}}, "metadata KEY=VALUE (repeatable)"),
@@ -150,7 +152,7 @@ SEARCH_OPENAPI: dict[str, Any] = {
         "application/json": {"schema": {"type": "object", "properties": {
             "image_base64": {"type": "string"}, "text": {"type": "string"}, "id": {"type": "integer"},
             "k": {"type": "integer"}, "collection": {"type": "string"}, "min_score": {"type": "number"},
-            "expand": {"type": "boolean"}, "group_id": {"type": "string"},
+            "expand": {"type": "boolean"}, "rotation_invariant": {"type": "boolean"}, "group_id": {"type": "string"},
             "tags": {"type": "array", "items": {"type": "string"}},
             "metadata": {"type": "object"}, "under": {"type": "string"}}}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -385,7 +387,8 @@ class ServiceState:
         return data
 
     def search(self, collection: str, *, image: bytes | None, text: str | None, image_id: int | None,
-               k: int, flt: Filter | None, min_score: float | None, expand: bool = True) -> dict[str, Any]:
+               k: int, flt: Filter | None, min_score: float | None, expand: bool = True,
+               rotation_invariant: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
         embedder = self.embedder_for(collection)
         query: Any = None
@@ -397,7 +400,7 @@ class ServiceState:
             query = image_id
         step = time.perf_counter()
         hits = self.lib.search(query, k=k, collection=collection, text=text, flt=flt, min_score=min_score,
-                               expand=expand)
+                               expand=expand, rotation_invariant=rotation_invariant)
         self.metrics.search_steps.labels("embed+nearest").observe(time.perf_counter() - step)
         return {
             "collection": collection, "model": embedder.name, "k": k,
@@ -497,6 +500,16 @@ async def _read_upload(upload: StarletteUploadFile, limit: int) -> bytes:
     if len(data) > limit:
         raise ApiError(413, "too-large", f"upload '{upload.filename}' is over the {limit} byte limit")
     return data
+
+
+def _bool_param(params: dict[str, Any], name: str, default: bool) -> bool:
+    value = params.get(name, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise ApiError(422, "bad-parameter", f"{name} must be true or false, not {value!r}")
+    return text in ("true", "1", "yes") or (text == "" and default)
 
 
 def _int_param(params: dict[str, Any], name: str, default: int | None = None, lo: int | None = None,
@@ -812,14 +825,10 @@ def create_app(library: Library | None = None, *, home: str | os.PathLike[str] |
         except (TypeError, ValueError) as exc:
             raise ApiError(422, "bad-parameter", f"min_score must be a number, not {min_score!r}") from exc
         collection = str(params.get("collection") or DEFAULT_COLLECTION)
-        expand = params.get("expand", True)
-        if isinstance(expand, str):
-            if expand.lower() not in ("true", "false", "1", "0", "yes", "no", ""):
-                raise ApiError(422, "bad-parameter", f"expand must be true or false, not {expand!r}")
-            expand = expand.lower() in ("true", "1", "yes", "")
         result = await run_in_threadpool(state.search, collection, image=image, text=text, image_id=image_id,
                                          k=k or 10, flt=_search_filter(params), min_score=min_score,
-                                         expand=bool(expand))
+                                         expand=_bool_param(params, "expand", True),
+                                         rotation_invariant=_bool_param(params, "rotation_invariant", False))
         return JSONResponse(result)
 
     app.add_api_route("/api/search", search, methods=["POST"], tags=["search"], openapi_extra=SEARCH_OPENAPI,

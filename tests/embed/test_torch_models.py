@@ -61,6 +61,14 @@ def test_timm_vit_random_weights_end_to_end(tmp_path: Path) -> None:
     assert np.allclose(again.embed_images(_pictures()), vecs, atol=1e-5)
 
 
+def test_any_timm_model_by_name_random_weights(tmp_path: Path) -> None:
+    pytest.importorskip("timm")
+    spec = torch_models.spec_for("timm:resnet18")
+    emb = torch_models.OnnxTorchEmbedder(spec, tmp_path, threads=1, pretrained=False)
+    assert emb.dim == 512 and emb.embed_images(_pictures()).shape == (3, 512)
+    assert all(":" not in p.name for p in tmp_path.iterdir())
+
+
 def test_open_clip_random_weights_text_and_image(tmp_path: Path) -> None:
     open_clip = pytest.importorskip("open_clip")
     from open_clip import factory

@@ -11,7 +11,9 @@ needed at run time either.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +43,28 @@ class Spec:
     licence: str = ""
     description: str = ""
     image_size: int | None = None  # override the model's default input size (e.g. DINOv2 at 224)
+    weights: str = ""  # local checkpoint file instead of the hub download
+
+
+PREFIXES = ("timm:", "open_clip:")
+
+
+def spec_for(name: str) -> Spec:
+    """Any timm or open_clip model by name, e.g. `timm:convnext_tiny.fb_in22k`,
+    `open_clip:ViT-B-16/laion2b_s34b_b88k`; `@/path/to/file` uses a local checkpoint instead of the hub."""
+    family, _, rest = name.partition(":")
+    rest, _, weights = rest.partition("@")
+    if family not in ("timm", "open_clip") or not rest:
+        raise LookalikeError(f"invalid model name '{name}': write timm:ARCH or open_clip:ARCH/PRETRAINED, "
+                             "optionally followed by @/path/to/weights")
+    if weights and not Path(weights).expanduser().is_file():
+        raise LookalikeError(f"weights file '{weights}' for {name} does not exist")
+    if family == "timm":
+        return Spec(name, "timm", rest, licence="see the timm model card", description=f"timm {rest}",
+                    weights=weights)
+    arch, _, tag = rest.partition("/")
+    return Spec(name, "open_clip", arch, tag or ("" if weights else "openai"), "see the open_clip model card",
+                f"open_clip {arch} ({tag or 'openai'})", weights=weights)
 
 
 BUILTIN: tuple[Spec, ...] = (
@@ -104,7 +128,8 @@ def _torch_models(spec: Spec, pretrained: bool) -> tuple[Any, Any | None, Prepro
             import open_clip
         except ImportError as exc:
             raise LookalikeError(f"{spec.name} needs open_clip: `pip install open_clip_torch`") from exc
-        model = open_clip.create_model(spec.arch, pretrained=spec.pretrained if pretrained else None)
+        source = str(Path(spec.weights).expanduser()) if spec.weights else spec.pretrained
+        model = open_clip.create_model(spec.arch, pretrained=source if pretrained else None)
         model.eval()
         cfg = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
         size = model.visual.image_size
@@ -135,6 +160,8 @@ def _torch_models(spec: Spec, pretrained: bool) -> tuple[Any, Any | None, Prepro
     except ImportError as exc:
         raise LookalikeError(f"{spec.name} needs timm: `pip install timm`") from exc
     kwargs: dict[str, Any] = {"num_classes": 0}
+    if spec.weights and pretrained:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(Path(spec.weights).expanduser())}
     if spec.image_size:
         kwargs["img_size"] = spec.image_size
     try:
@@ -152,7 +179,7 @@ def _torch_models(spec: Spec, pretrained: bool) -> tuple[Any, Any | None, Prepro
 def build(spec: Spec, cache_dir: Path, *, pretrained: bool = True) -> Built:
     """Export `spec` to ONNX under cache_dir (once; `pretrained=False` builds random weights, for tests)."""
     tag = "" if pretrained else "-random"
-    stem = cache_dir / f"{spec.name}{tag}-v{GRAPH_VERSION}"
+    stem = cache_dir / f"{_file_stem(spec.name)}{tag}-v{GRAPH_VERSION}"
     meta_path = stem.with_suffix(".json")
     with _lock:
         if meta_path.is_file():
@@ -224,6 +251,12 @@ class OnnxTorchEmbedder(Embedder):
         return l2_normalise(out)
 
 
+def _file_stem(name: str) -> str:
+    """A model name as a file name: `open_clip:ViT-B-16/laion2b@/x.bin` has characters paths can't hold."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    return safe if safe == name else f"{safe[:80]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
 def make_embedder(spec: Spec, cache_dir: Path, *, threads: int = 0) -> OnnxTorchEmbedder:
     return OnnxTorchEmbedder(spec, cache_dir, threads=threads)
 
@@ -232,7 +265,7 @@ def _exported(spec: Spec) -> bool:
     from ..config import library_home
 
     try:
-        return (library_home(None) / "models" / f"{spec.name}-v{GRAPH_VERSION}.json").is_file()
+        return (library_home(None) / "models" / f"{_file_stem(spec.name)}-v{GRAPH_VERSION}.json").is_file()
     except Exception:  # noqa: BLE001 - a listing must not fail on an odd home
         return False
 

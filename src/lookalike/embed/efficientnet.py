@@ -85,7 +85,7 @@ class EfficientNetLite(Embedder):
     @property
     def session(self) -> Any:
         if self._session is None:
-            self._session = make_session(onnx_path(self.cache_dir, self.variant, self.size),
+            self._session = make_session(onnx_path(self.cache_dir, self.variant, self.size), cache_dir=self.cache_dir,
                                          threads=self.threads)
         return self._session
 

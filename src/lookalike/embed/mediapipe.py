@@ -71,13 +71,14 @@ class MediaPipeEmbedder(Embedder):
         if self.path is None:
             raise LookalikeError(missing_message(cache_dir))
         self.threads = threads
+        self.cache_dir = cache_dir
         self._session: Any = None
         self.card = card(cache_dir, present=True)
 
     @property
     def session(self) -> Any:
         if self._session is None:
-            self._session = make_session(self.path, threads=self.threads)
+            self._session = make_session(self.path, threads=self.threads, cache_dir=self.cache_dir)
             self._input = self._session.get_inputs()[0].name
         return self._session
 

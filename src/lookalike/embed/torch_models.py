@@ -238,7 +238,7 @@ class OnnxTorchEmbedder(Embedder):
         if not batch:
             return np.zeros((0, self.dim), np.float32)
         if self._image is None:
-            self._image = make_session(self.built.image_onnx, threads=self.threads)
+            self._image = make_session(self.built.image_onnx, threads=self.threads, cache_dir=self.cache_dir)
         (out,) = self._image.run(["embedding"], {"image": np.ascontiguousarray(np.stack(batch), np.float32)})
         return l2_normalise(out)
 
@@ -246,7 +246,7 @@ class OnnxTorchEmbedder(Embedder):
         if self.built.text_onnx is None:
             return super().embed_text(texts)
         if self._text is None:
-            self._text = make_session(self.built.text_onnx, threads=self.threads)
+            self._text = make_session(self.built.text_onnx, threads=self.threads, cache_dir=self.cache_dir)
         (out,) = self._text.run(["embedding"], {"tokens": tokenize(list(texts))})
         return l2_normalise(out)
 

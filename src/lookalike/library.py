@@ -60,7 +60,7 @@ class Library:
         return self._model_dir or self.home / "models"
 
     def embedder(self, model: str | None = None) -> Embedder:
-        name = resolve(model or self.settings.model, self.model_dir)
+        name = resolve(model or self.settings.model, self.model_dir, fetch=True)
         if name not in self._embedders:
             self._embedders[name] = get_embedder(name, self.model_dir, threads=self.settings.intra_op_threads)
         return self._embedders[name]

@@ -71,7 +71,9 @@ def test_default_falls_back_to_lite0_without_mediapipe_file(model_cache: Path, t
     assert resolve(None, model_cache) == DEFAULT_MODEL  # ../shared/models holds the file
     monkeypatch.setattr(mp, "candidates", lambda cache_dir: [tmp_path / "absent.onnx"])
     monkeypatch.setattr(registry, "_warned", set())
+    assert resolve("default", model_cache) == DEFAULT_MODEL  # listing: it would be fetched on first use
+    monkeypatch.setenv("LOOKALIKE_OFFLINE", "1")  # no network: no download attempt
     with caplog.at_level(logging.WARNING, logger="lookalike"):
-        assert resolve("default", model_cache) == FALLBACK_MODEL
+        assert resolve("default", model_cache, fetch=True) == FALLBACK_MODEL
     assert "MediaPipe" in caplog.text
     assert resolve("efficientnet-lite2", model_cache) == "efficientnet-lite2"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from lookalike.errors import LookalikeError
 from ..conftest import SHARED, ukbench_images
 
 MODEL = SHARED / "models" / mediapipe.FILE_NAME
-needs_model = pytest.mark.skipif(not MODEL.is_file(), reason="shared MediaPipe model not present")
+TFLITE = SHARED / "models" / mediapipe.TFLITE_NAMES[0]
+needs_model = pytest.mark.skipif(not MODEL.is_file() or not TFLITE.is_file(), reason="no shared MediaPipe model")
 
 
 def test_stretch_resize_is_nhwc_unit_range() -> None:
@@ -25,11 +27,28 @@ def test_stretch_resize_is_nhwc_unit_range() -> None:
 
 def test_missing_file_gives_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOOKALIKE_MEDIAPIPE_MODEL", str(tmp_path / "nope.onnx"))
+    monkeypatch.setenv("LOOKALIKE_OFFLINE", "1")
     monkeypatch.setattr(mediapipe, "candidates", lambda cache: [tmp_path / "nope.onnx"])
     with pytest.raises(LookalikeError) as err:
         mediapipe.MediaPipeEmbedder(tmp_path)
     msg = str(err.value)
-    assert "\n" not in msg and mediapipe.FILE_NAME in msg and "tf2onnx" in msg
+    assert "\n" not in msg and mediapipe.TFLITE_NAMES[0] in msg and mediapipe.MEDIAPIPE_URL in msg
+
+
+@needs_model
+def test_a_tflite_in_the_cache_is_converted_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a real user has after the first-use download: Google's .tflite, no ONNX, no TensorFlow."""
+    cache = tmp_path / "models"
+    cache.mkdir()
+    shutil.copy(TFLITE, cache / "mobilenet_v3_small.tflite")
+    monkeypatch.setattr(mediapipe, "candidates", lambda c: [c / mediapipe.FILE_NAME, c / "mobilenet_v3_small.tflite"])
+    emb = mediapipe.MediaPipeEmbedder(cache, threads=1)
+    assert emb.path == cache / mediapipe.FILE_NAME
+    reference = mediapipe.MediaPipeEmbedder(cache, threads=1, path=MODEL)  # tf2onnx conversion, shared/models
+    images = [Image.open(p).convert("RGB") for p in ukbench_images(4, start=500)]
+    assert (emb.embed_images(images) * reference.embed_images(images)).sum(axis=1).min() > 0.99999
+    stamp = emb.path.stat().st_mtime_ns
+    assert mediapipe.model_path(cache) == emb.path and emb.path.stat().st_mtime_ns == stamp
 
 
 @needs_model

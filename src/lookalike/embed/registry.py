@@ -30,13 +30,18 @@ def register(name: str, factory: Callable[[Path, int], Embedder], card: Callable
     _REGISTRY[name] = Entry(factory, card)
 
 
-def resolve(name: str | None, cache_dir: Path | None = None) -> str:
-    """The model a name means; "default" is the fused model, or Lite0 alone without MediaPipe's file."""
+def resolve(name: str | None, cache_dir: Path | None = None, *, fetch: bool = False) -> str:
+    """The model a name means. "default" is the fused model when MediaPipe's file is here (or, with
+    `fetch`, can be downloaded now); else EfficientNet-Lite0 alone, with a warning."""
     if name not in (None, "", "default"):
         return name  # type: ignore[return-value]
     from . import mediapipe
 
-    if mediapipe.model_path(cache_dir) is not None:
+    if mediapipe.locate(cache_dir) is not None:
+        return DEFAULT_MODEL
+    if not fetch:
+        return DEFAULT_MODEL if not mediapipe.offline() else FALLBACK_MODEL
+    if mediapipe.model_path(cache_dir, fetch=True) is not None:
         return DEFAULT_MODEL
     if FALLBACK_MODEL not in _warned:
         _warned.add(FALLBACK_MODEL)
@@ -46,7 +51,7 @@ def resolve(name: str | None, cache_dir: Path | None = None) -> str:
 
 
 def get_embedder(name: str | None, cache_dir: Path, *, threads: int = 0) -> Embedder:
-    resolved = resolve(name, cache_dir)
+    resolved = resolve(name, cache_dir, fetch=True)
     entry = _REGISTRY.get(resolved)
     if entry is None and resolved.startswith(("timm:", "open_clip:")):
         from . import torch_models

@@ -59,7 +59,7 @@ def evaluate(lib: Library, eval_set: EvalSet, model: str, *, ks: tuple[int, ...]
              limit: int | None = None) -> ModelResult:
     """Index the set with `model` and score every query; `model:plain` measures plain cosine search."""
     plain = model.endswith(PLAIN)
-    model = resolve(model[: -len(PLAIN)] if plain else model, lib.model_dir)
+    model = resolve(model[: -len(PLAIN)] if plain else model, lib.model_dir, fetch=True)
     variant = model + (PLAIN if plain else "")
     collection = collection_name(eval_set, model + ("-plain" if plain else ""))
     if plain and collection not in {c.name for c in lib.collections()}:

@@ -748,6 +748,9 @@ def _min_train(spec: str) -> int:
         need = max(need, 39 * int(match.group(1)))
     if re.search(r"PQ\d+", spec):
         need = max(need, 256 * 39 // 10)
+    match = re.search(r"PCAW?R?(\d+)", spec)
+    if match:  # a projection learned from fewer vectors than it keeps dimensions is noise
+        need = max(need, int(match.group(1)))
     return need
 
 

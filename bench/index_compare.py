@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from PIL import Image
+
 from lookalike import Library
 from lookalike.embed import get_embedder
 
@@ -41,8 +43,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "models"
         names = {m: get_embedder(m, model_dir).name for m in models}
+        warm = Image.open(next(args.data.rglob("*.jpg"))).convert("RGB")
         for m in models:  # build/convert each model once, outside the timing
-            get_embedder(m, model_dir).embed_images([])
+            get_embedder(m, model_dir).embed_images([warm])
         speeds: dict[str, list[float]] = {m: [] for m in models}
         for _ in range(args.rounds):
             for m in models:

@@ -115,3 +115,18 @@ def test_models_lists_the_default(home: Path) -> None:
     out = run(home, "models", "--json")
     data = json.loads(out.stdout)
     assert data["default"] in {m["name"] for m in data["models"]}
+
+
+def test_collection_refinement_can_be_changed(home: Path, indexed: Path) -> None:
+    out = run(home, "collections", "refine", "photos", "--off", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["refine"]["dba_k"] == 0
+    query = str(indexed / "ukbench00004.jpg")
+    top = json.loads(run(home, "search", query, "-k", "1", "-c", "photos", "--json").stdout)["results"][0]
+    assert top["score"] == pytest.approx(1.0, abs=1e-5)  # plain cosine of the picture with itself
+    out = run(home, "collections", "refine", "photos", "--dba-k", "3", "--qe-k", "2", "--json")
+    assert json.loads(out.stdout)["refine"] == {"dba_k": 3, "dba_power": 3.0, "qe_k": 2, "qe_alpha": 3.0}
+    info = json.loads(run(home, "info", "-c", "photos", "--json").stdout)
+    assert info["settings"]["refine"]["dba_k"] == 3
+    plain = run(home, "collections", "create", "raw", "--plain", "--json")
+    assert plain.returncode == 0 and json.loads(plain.stdout)["settings"] == {}

@@ -256,15 +256,37 @@ def list_collections(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--model", "-m", default=None, help="Embedder for this collection.")
 @click.option("--index-spec", default="auto", show_default=True, help="Faiss index_factory string or auto.")
+@click.option("--plain", is_flag=True, help="No refinement: plain cosine search (no DBA, no query expansion).")
 @json_option
 @click.pass_context
-def create_collection(ctx: click.Context, name: str, model: str | None, index_spec: str, as_json: bool) -> None:
+def create_collection(ctx: click.Context, name: str, model: str | None, index_spec: str, plain: bool,
+                      as_json: bool) -> None:
     """Create an empty collection."""
-    info_ = _library(ctx).create_collection(name, model, index_spec)
+    info_ = _library(ctx).create_collection(name, model, index_spec, refine=not plain)
     if as_json:
         _emit(info_.to_dict())
     else:
         click.echo(f"created {name} ({info_.model}, {info_.dim}-d)")
+
+
+@collections.command("refine")
+@click.argument("name")
+@click.option("--dba-k", type=click.IntRange(0, 32), default=None,
+              help="Neighbours averaged into each stored vector (0: off; default 4).")
+@click.option("--qe-k", type=click.IntRange(0, 64), default=None,
+              help="Top hits a query is expanded with (0: off; default 5).")
+@click.option("--off", is_flag=True, help="Turn refinement off: plain cosine search.")
+@json_option
+@click.pass_context
+def refine_collection(ctx: click.Context, name: str, dba_k: int | None, qe_k: int | None, off: bool,
+                      as_json: bool) -> None:
+    """Change a collection's refinement and recompute it (only the vectors the index searches change)."""
+    params = _library(ctx).set_refinement(name, dba_k=dba_k, qe_k=qe_k, off=off)
+    if as_json:
+        _emit({"collection": name, "refine": params.to_settings()["refine"]})
+    else:
+        click.echo(f"{name}: DBA over {params.dba_k} neighbours, query expansion over {params.qe_k} hits"
+                   if params.dba_k or params.qe_k else f"{name}: plain cosine search")
 
 
 @collections.command("drop")

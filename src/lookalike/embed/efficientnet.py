@@ -110,6 +110,8 @@ class EfficientNetLite(Embedder):
         return (np.clip(fmap, 1e-6, None) ** p).mean(axis=(2, 3)) ** (1.0 / p)
 
     def embed_prepared(self, batch: list[np.ndarray]) -> np.ndarray:
+        if not batch:
+            return np.zeros((0, self.dim), dtype=np.float32)
         fmap, _ = self.forward(batch)
         return l2_normalise(self.pool(fmap))
 

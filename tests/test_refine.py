@@ -150,3 +150,32 @@ def test_refinement_beats_plain_search_on_flowers(home: Path, figures: dict[str,
         figures["tf_flowers mAP@10 (250 queries, default model): plain / refined"] = f"{plain:.3f} / {refined:.3f}"
         assert refined > plain + 0.01
         assert refined >= 0.78
+
+
+def test_a_write_by_another_process_during_refresh_is_not_lost(home: Path, photos: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    with Library.open(home) as lib:
+        lib.index([photos], "c", model=MODEL)
+        files = sorted(photos.glob("*.jpg"))
+        lib.remove([str(files[2])], "c")  # leaves rows pending, refreshed below with a concurrent write
+        ids = lib.store.find_ids("c")[:5]
+        records, raw = lib.store.get("c", ids), lib.store.vectors("c", ids)
+        lib.store.remove("c", ids)
+        ids = lib.store.upsert("c", records, raw)
+        original = lib.store.set_augmented
+        calls = []
+
+        def meddling(*args, **kwargs):  # another writer removes a picture between compute and write
+            if not calls:
+                with Library.open(home) as other:
+                    other.store.remove("c", [ids[0]])
+            calls.append(1)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(lib.store, "set_augmented", meddling)
+        from lookalike import refine as refine_module
+
+        refine_module.refresh(lib.store, "c")
+        assert len(calls) >= 2, "the stale write was refused and redone"
+        assert ids[0] not in lib.store.find_ids("c")
+        assert_matches_scratch(lib, "c")

@@ -26,3 +26,7 @@ class DecodeError(LookalikeError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class StaleWrite(LookalikeError):
+    """A derived write (e.g. refinement) was computed from a state another writer has since changed."""

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .embed.base import l2_normalise
+from .errors import StaleWrite
 from .store import CollectionInfo, Filter, Store
 
 CANDIDATES = 32  # neighbours fetched from the index per pending row before exact re-scoring
@@ -54,7 +55,18 @@ def refresh(store: Store, collection: str, *, progress: Callable[[int, int], Non
     """Compute augmented vectors for every pending row (and the stored rows they join the top-k of).
 
     All neighbour searches run first, against one state of the index, and the writes follow in
-    chunks: an index that can't update in place (HNSW) is then rebuilt once, not once per chunk."""
+    chunks: an index that can't update in place (HNSW) is then rebuilt once, not once per chunk. If
+    another process writes to the collection meanwhile, the work is redone from its new state."""
+    for _attempt in range(5):
+        try:
+            return _refresh_once(store, collection, progress)
+        except StaleWrite:
+            continue
+    return 0  # rows stay pending (searched by their plain vectors) until the next refresh
+
+
+def _refresh_once(store: Store, collection: str, progress: Callable[[int, int], None] | None) -> int:
+    generation = store.generation(collection)
     info = store.collection(collection)
     params = RefineParams.of(info)
     if params.dba_k <= 0:
@@ -104,7 +116,8 @@ def refresh(store: Store, collection: str, *, progress: Callable[[int, int], Non
             _augment(np.stack([vectors[n] for n, _ in lists[t]]),
                      np.asarray([c for _, c in lists[t]], dtype=np.float32), params.dba_power)
             for t in chunk])
-        store.set_augmented(collection, chunk, augmented, [lists[t] for t in chunk])
+        generation = store.set_augmented(collection, chunk, augmented, [lists[t] for t in chunk],
+                                         if_generation=generation)
     return len(pending)
 
 

@@ -131,10 +131,15 @@ class Store(ABC):
         """The (neighbour id, cosine) lists the augmented vectors were computed from, best first."""
 
     @abstractmethod
+    def generation(self, collection: str) -> int:
+        """A counter bumped by every write to the collection."""
+
+    @abstractmethod
     def set_augmented(self, collection: str, ids: list[int], vectors: np.ndarray,
-                      neighbours: list[list[tuple[int, float]]]) -> None:
-        """Store augmented vectors and their neighbour lists atomically. Changing or removing a row
-        later returns every row whose list holds it to pending."""
+                      neighbours: list[list[tuple[int, float]]], *, if_generation: int | None = None) -> int:
+        """Store augmented vectors and their neighbour lists atomically; return the new generation.
+        Raises StaleWrite if `if_generation` is given and another write happened since. Changing or
+        removing a row later returns every row whose list holds it to pending."""
 
     @abstractmethod
     def clear_augmented(self, collection: str) -> None:

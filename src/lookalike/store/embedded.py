@@ -25,7 +25,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..errors import LookalikeError, UnknownCollection
+from ..errors import LookalikeError, StaleWrite, UnknownCollection
 from .base import CollectionInfo, Filter, ImageRecord, Store
 
 SCHEMA_VERSION = 2
@@ -443,15 +443,21 @@ class EmbeddedStore(Store):
             lst.sort(key=lambda pair: -pair[1])
         return out
 
+    def generation(self, collection: str) -> int:
+        return int(self._collection_row(collection)["generation"])
+
     def set_augmented(self, collection: str, ids: list[int], vectors: np.ndarray,
-                      neighbours: list[list[tuple[int, float]]]) -> None:
-        if not ids:
-            return
+                      neighbours: list[list[tuple[int, float]]], *, if_generation: int | None = None) -> int:
         with self._lock:
             row = self._collection_row(collection)
+            if not ids:
+                return int(row["generation"])
             blobs = self._encode_vectors(row, vectors)
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                now = self._db.execute("SELECT generation FROM collections WHERE name=?", (collection,)).fetchone()[0]
+                if if_generation is not None and now != if_generation:
+                    raise StaleWrite(f"collection '{collection}' changed while its refinement was computed")
                 kept: list[int] = []
                 for image_id, blob, lst in zip(ids, blobs, neighbours, strict=True):
                     cur = self._db.execute("UPDATE images SET augmented=? WHERE +collection=? AND id=?",
@@ -470,6 +476,7 @@ class EmbeddedStore(Store):
             self._written.add(collection)
             self._apply_to_index(collection, row, new_gen, remove=kept,
                                  add=(np.asarray(kept, dtype=np.int64), self._index_vectors(collection, row, kept)))
+            return int(new_gen)
 
     def clear_augmented(self, collection: str) -> None:
         with self._lock:

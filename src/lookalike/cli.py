@@ -212,8 +212,11 @@ def info(ctx: click.Context, collection: str | None, as_json: bool) -> None:
     if not rows:
         click.echo("no collections yet: `lookalike index PATH` creates one")
     for c in rows:
+        refine = c["settings"].get("refine") or {}
+        how = (f"DBA over {refine.get('dba_k', 0)}, query expansion over {refine.get('qe_k', 0)}"
+               if refine.get("dba_k") or refine.get("qe_k") else "plain cosine")
         click.echo(f"{c['name']}: {c['count']} images, model {c['model']} ({c['dim']}-d {c['metric']}), "
-                   f"index {c['index_type']}, {_human_bytes(c['size_bytes'])} on disk")
+                   f"index {c['index_type']}, {how}, {_human_bytes(c['size_bytes'])} on disk")
 
 
 @cli.command()

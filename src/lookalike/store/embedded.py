@@ -193,7 +193,9 @@ class EmbeddedStore(Store):
             count = self.count(name)
             index_type = self._load_index(name).index_type if count else self._planned_type(row, count)
             files = list(self.index_dir.glob(f"{name}.*.faiss"))
-            vector_bytes = count * (row["dim"] // 8 if row["metric"] == "hamming" else row["dim"] * 4)
+            augmented = self._db.execute("SELECT COUNT(augmented) FROM images WHERE collection=?",
+                                         (name,)).fetchone()[0]
+            vector_bytes = (count + augmented) * (row["dim"] // 8 if row["metric"] == "hamming" else row["dim"] * 4)
             return CollectionInfo(
                 name=name, model=row["model"], dim=row["dim"], metric=row["metric"],
                 index_spec=row["index_spec"], created=row["created"], count=count,

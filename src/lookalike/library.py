@@ -196,8 +196,8 @@ class Library:
         """Top-k images like `query` (a path, bytes, PIL image or stored id) or like `text`."""
         if query is None and text is None:
             raise LookalikeError("give a query image, an image id, or --text")
-        info = self.store.collection(collection)
-        if info.count == 0:
+        self.store.collection_settings(collection)  # raises UnknownCollection, cheaply
+        if self.store.count(collection) == 0:
             raise EmptyLibrary(f"collection '{collection}' is empty; add images with "
                                f"`lookalike index PATH --collection {collection}`")
         vector = self.query_vector(query, collection=collection, text=text, model=model,
@@ -214,7 +214,7 @@ class Library:
         `expand` applies the collection's query expansion (refine.py) to image queries; pass False
         for text queries, whose vectors live in a different region of the space."""
         if expand:
-            params = refine.RefineParams.of(self.store.collection(collection))
+            params = refine.RefineParams.from_settings(*self.store.collection_settings(collection))
             vector = refine.expand_query(self.store, collection, vector, params, flt)
         return nearest(self.store, collection, vector, k, flt=flt, exclude_ids=exclude_ids, min_score=min_score)
 

@@ -38,7 +38,11 @@ class RefineParams:
     @classmethod
     def of(cls, info: CollectionInfo) -> RefineParams:
         """A collection's parameters; collections made before refinement existed have none (all off)."""
-        raw = info.settings.get("refine") if info.metric == "cosine" else None
+        return cls.from_settings(info.metric, info.settings)
+
+    @classmethod
+    def from_settings(cls, metric: str, settings: dict[str, Any]) -> RefineParams:
+        raw = settings.get("refine") if metric == "cosine" else None
         if not isinstance(raw, dict):
             return cls(dba_k=0, qe_k=0)
         return cls(**{k: type(getattr(cls(), k))(v) for k, v in raw.items() if k in cls.__dataclass_fields__})

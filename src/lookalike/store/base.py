@@ -85,6 +85,10 @@ class Store(ABC):
         """Describe one collection; raises UnknownCollection."""
 
     @abstractmethod
+    def collection_settings(self, name: str) -> tuple[str, dict[str, Any]]:
+        """(metric, settings) of a collection: the cheap part of `collection`, read on every search."""
+
+    @abstractmethod
     def set_collection_settings(self, name: str, settings: dict[str, Any]) -> None: ...
 
     @abstractmethod

@@ -203,6 +203,10 @@ class EmbeddedStore(Store):
                 size_bytes=vector_bytes + sum(f.stat().st_size for f in files if f.exists()),
                 settings=json.loads(row["settings"]))
 
+    def collection_settings(self, name: str) -> tuple[str, dict[str, Any]]:
+        row = self._collection_row(name)
+        return row["metric"], json.loads(row["settings"])
+
     def set_collection_settings(self, name: str, settings: dict[str, Any]) -> None:
         with self._lock:
             self._collection_row(name)

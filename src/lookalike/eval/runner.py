@@ -48,8 +48,12 @@ class ModelResult:
 
 
 def collection_name(eval_set: EvalSet, model: str) -> str:
+    """One collection per (set, model variant); long names keep a hash so variants never collide."""
     digest = hashlib.sha1(str(eval_set.root.resolve()).encode()).hexdigest()[:8]
-    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{eval_set.name}-{digest}-{model}")[:64]
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", f"{eval_set.name}-{digest}-{model}")
+    if len(name) <= 64:
+        return name
+    return f"{name[:55]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 PLAIN = ":plain"  # model suffix: the same model with refinement (DBA + query expansion) off

@@ -76,3 +76,13 @@ def test_ground_truth_json_with_outside_query(home: Path, flower_slice: Path, tm
                           "--out", str(tmp_path / "r"), "--json"], env=cli_env(home), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["queries"] == 2
+
+
+def test_collection_names_of_variants_never_collide(tmp_path: Path) -> None:
+    from lookalike.eval.datasets import EvalSet
+    from lookalike.eval.runner import collection_name
+
+    long_set = EvalSet(name="a-rather-long-evaluation-set-name", root=tmp_path, images=[], queries=[], kind="image")
+    model = "efficientnet-lite0+mobilenet-v3-small"
+    names = {collection_name(long_set, model), collection_name(long_set, model + "-plain")}
+    assert len(names) == 2 and all(len(n) <= 64 for n in names)

@@ -152,3 +152,18 @@ def test_drop_collection_removes_rows_and_files(store: EmbeddedStore, tmp_path: 
     assert not list((tmp_path / "indexes").glob("c.*"))
     with pytest.raises(UnknownCollection):
         store.collection("c")
+
+
+def test_rewriting_a_row_with_the_same_vector_keeps_one_index_entry(tmp_path: Path) -> None:
+    s = EmbeddedStore(tmp_path)
+    s.create_collection("c", "m", 16)
+    vecs = unit(5)
+    ids = s.upsert("c", records(5), vecs)
+    index = s.index_for("c")
+    again = records(5)[:2]
+    again[0].mtime = 123.0  # same bytes, new file facts (e.g. restored from a backup)
+    assert s.upsert("c", again, vecs[:2]) == ids[:2]
+    assert s.index_for("c") is index and index.ntotal == 5
+    _, found = s.search("c", vecs[:1], 5)
+    assert sorted(found[0].tolist()) == sorted(ids)
+    assert s.get("c", [ids[0]])[0].mtime == 123.0

@@ -250,6 +250,7 @@ class EmbeddedStore(Store):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 changed: list[int] = []
+                untouched: list[int] = []  # rows whose vector is unchanged: the index keeps them as they are
                 for rec, blob in zip(records, blobs, strict=True):
                     old = self._db.execute("SELECT id, vector FROM images WHERE collection=? AND path=?",
                                            (collection, rec.path)).fetchone()
@@ -261,6 +262,7 @@ class EmbeddedStore(Store):
                                 "UPDATE images SET content_hash=?, size=?, mtime=?, width=?, height=?, "
                                 "group_id=?, tags=?, metadata=?, vector=? WHERE id=?", (*values, old[0]))
                             ids.append(old[0])
+                            untouched.append(old[0])
                             continue
                         self._db.execute(
                             "UPDATE images SET content_hash=?, size=?, mtime=?, width=?, height=?, "
@@ -284,7 +286,7 @@ class EmbeddedStore(Store):
             self._written.add(collection)
             for rec, new_id in zip(records, ids, strict=True):
                 rec.id = new_id
-            add_ids = sorted(set(ids) | set(stale))
+            add_ids = sorted((set(ids) - set(untouched)) | set(stale))
             self._apply_to_index(collection, row, new_gen, remove=sorted(set(replaced) | set(stale)),
                                  add=(np.asarray(add_ids, dtype=np.int64),
                                       self._index_vectors(collection, row, add_ids)))

@@ -112,13 +112,23 @@ def test_factory_index_and_approximate_threshold(tmp_path: Path) -> None:
     assert s.collection("h").index_type == "IVF4,Flat"  # about 4*sqrt(N) lists, >= 39 vectors each
     _, found = s.search("h", vecs[:20], 1)
     assert (found[:, 0] == np.asarray(ids[:20])).mean() >= 0.95
-    # IVF updates in place: replacing and removing vectors keeps the loaded index (no rebuild)
+    # IVF updates in place: replacing and removing vectors keeps the loaded index (no rebuild), and
+    # every later search still maps to the right rows (an id map over IVF would misnumber them)
     index = s.index_for("h")
-    s.remove("h", ids[:5])
+    for start in (0, 100, 200):  # several removals, each followed by an unfiltered search
+        s.remove("h", ids[start:start + 5])
+        _, found = s.search("h", vecs[start + 20:start + 40], 1)
+        assert (found[:, 0] == np.asarray(ids[start + 20:start + 40])).mean() >= 0.95
     s.upsert("h", records(300)[10:11], -vecs[10:11])
-    assert s.index_for("h") is index and index.ntotal == 295
+    assert s.index_for("h") is index and index.ntotal == 285
+    _, found = s.search("h", -vecs[10:11], 1)
+    assert found[0][0] == ids[10]
     _, found = s.search("h", -vecs[10:11], 1, Filter(ids=ids[5:50]))
     assert found[0][0] == ids[10]
+    s.flush()
+    reopened = EmbeddedStore(tmp_path, exact_below=100)
+    _, found = reopened.search("h", vecs[250:260], 1)
+    assert (found[:, 0] == np.asarray(ids[250:260])).all()
     s.create_collection("ivf", "m", 16, index_spec="IVF4,Flat")
     s.upsert("ivf", records(10), vecs[:10])
     assert s.collection("ivf").index_type.startswith("Flat (until")  # too few to train yet
@@ -167,3 +177,18 @@ def test_rewriting_a_row_with_the_same_vector_keeps_one_index_entry(tmp_path: Pa
     _, found = s.search("c", vecs[:1], 5)
     assert sorted(found[0].tolist()) == sorted(ids)
     assert s.get("c", [ids[0]])[0].mtime == 123.0
+
+
+def test_filtered_search_through_the_ivf_selector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lookalike.store import embedded
+
+    monkeypatch.setattr(embedded, "EXACT_FILTER_LIMIT", 0)  # force the Faiss IDSelector path
+    s = EmbeddedStore(tmp_path, exact_below=100)
+    s.create_collection("h", "m", 16)
+    vecs = unit(400)
+    ids = s.upsert("h", records(400), vecs)
+    s.remove("h", ids[:10])
+    assert s.collection("h").index_type.startswith("IVF")
+    allowed = ids[100:200]
+    _, found = s.search("h", vecs[150:151], 5, Filter(ids=allowed))
+    assert found[0][0] == ids[150] and set(found[0].tolist()) <= set(allowed)

@@ -544,6 +544,7 @@ class EmbeddedStore(Store):
         ivf = _as_ivf(inner)
         if ivf is not None:
             ivf.nprobe = _nprobe(ivf.nlist)
+            return inner, spec  # IVF stores our ids itself and removes them in place (an id map can't, over IVF)
         return faiss.IndexIDMap2(inner), spec
 
     def _index_file(self, collection: str, generation: int) -> Path:
@@ -561,6 +562,8 @@ class EmbeddedStore(Store):
             try:
                 reader = faiss.read_index_binary if row["metric"] == "hamming" else faiss.read_index
                 index = reader(str(path))
+                if isinstance(index, faiss.IndexIDMap) and _as_ivf(_unwrap(index)) is not None:
+                    raise ValueError("id map over IVF (older lookalike): removals would misnumber it")
                 meta = json.loads(meta_path.read_text())
                 loaded = _LoadedIndex(index, gen, meta["index_type"], saved=True)
                 self._indexes[collection] = loaded
@@ -629,7 +632,7 @@ class EmbeddedStore(Store):
                 return self._exact(row, q, k, allowed, self._index_vectors(collection, row, allowed))
             params_cls = faiss.SearchParameters
             loaded = self._load_index(collection)
-            inner = faiss.downcast_index(loaded.index.index) if not hamming else None
+            inner = _unwrap(loaded.index) if not hamming else None
             selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
             ivf = _as_ivf(inner) if inner is not None else None
             if isinstance(inner, faiss.IndexHNSW):
@@ -729,6 +732,13 @@ def _omp_threads(n: int) -> Iterator[None]:
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _unwrap(index: Any) -> Any:
+    """The index inside an id map (or the index itself)."""
+    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
+        return faiss.downcast_index(index.index)
+    return faiss.downcast_index(index)
 
 
 def _as_ivf(index: Any) -> Any:

@@ -25,10 +25,10 @@ from .efficientnet import EfficientNetLite, onnx_path
 from .efficientnet import card as fp32_card
 from .runtime import make_session
 
-# Measured with `bench/models.py --limit 200 --threads 2` (UKBench/tf_flowers, 200 images each; docs/models.md).
+# Measured with `bench/models.py --threads 2` (all 1000 UKBench / tf_flowers images; docs/models.md).
 MEASURED: dict[str, str] = {
-    "lite0": "cos 0.89, N-S 3.985 vs 3.975, flowers mAP@10 0.639 vs 0.658, 0.3x speed",
-    "lite2": "cos 0.93, N-S 3.935 vs 3.955, flowers mAP@10 0.616 vs 0.638, 0.3x speed",
+    "lite0": "cos 0.89, N-S 3.916 vs 3.929, flowers mAP@10 0.739 vs 0.758, 0.17x speed",
+    "lite2": "cos 0.93, N-S 3.893 vs 3.904, flowers mAP@10 0.731 vs 0.740, 0.12x speed",
 }
 _lock = threading.Lock()
 

@@ -71,8 +71,7 @@ def refresh(store: Store, collection: str, *, progress: Callable[[int, int], Non
 
 def _refresh_once(store: Store, collection: str, progress: Callable[[int, int], None] | None) -> int:
     generation = store.generation(collection)
-    info = store.collection(collection)
-    params = RefineParams.of(info)
+    params = RefineParams.from_settings(*store.collection_settings(collection))
     if params.dba_k <= 0:
         return 0
     pending = store.pending(collection)

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import LookalikeError, StaleWrite, UnknownCollection
 from .base import CollectionInfo, Filter, ImageRecord, Store
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 EXACT_FILTER_LIMIT = 4096  # filters selecting fewer rows than this are searched exactly
 
@@ -75,6 +75,10 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (image_id, neighbour)
     ) WITHOUT ROWID;
     CREATE INDEX knn_neighbour ON knn (neighbour);
+    """,
+    # 3: find pending rows without scanning every row (a partial index holds only them)
+    """
+    CREATE INDEX images_pending ON images (collection, id) WHERE augmented IS NULL;
     """,
 ]
 
@@ -193,8 +197,7 @@ class EmbeddedStore(Store):
             count = self.count(name)
             index_type = self._load_index(name).index_type if count else self._planned_type(row, count)
             files = list(self.index_dir.glob(f"{name}.*.faiss"))
-            augmented = self._db.execute("SELECT COUNT(augmented) FROM images WHERE collection=?",
-                                         (name,)).fetchone()[0]
+            augmented = count - len(self.pending(name))
             vector_bytes = (count + augmented) * (row["dim"] // 8 if row["metric"] == "hamming" else row["dim"] * 4)
             return CollectionInfo(
                 name=name, model=row["model"], dim=row["dim"], metric=row["metric"],

@@ -218,8 +218,12 @@ class Library:
             vector = refine.expand_query(self.store, collection, vector, params, flt)
         return nearest(self.store, collection, vector, k, flt=flt, exclude_ids=exclude_ids, min_score=min_score)
 
+    def refresh(self, collection: str = DEFAULT_COLLECTION) -> int:
+        """Bring a collection's refinement up to date after writes made through `store` directly."""
+        return refine.refresh(self.store, collection)
+
     def set_refinement(self, collection: str = DEFAULT_COLLECTION, *, dba_k: int | None = None,
-               qe_k: int | None = None, off: bool = False) -> refine.RefineParams:
+                       qe_k: int | None = None, off: bool = False) -> refine.RefineParams:
         """Change a collection's refinement (recomputing its augmented vectors) and return the new one."""
         current = refine.RefineParams.of(self.store.collection(collection))
         if off:

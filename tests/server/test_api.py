@@ -360,6 +360,8 @@ def test_image_lifecycle_add_get_update_replace_delete(client: TestClient, libra
     stored = library.home / "uploads" / rec["content_hash"]
     assert stored.read_bytes() == picture
     assert client.get("/api/collections/life/images/count").json()["count"] == 1
+    assert library.store.pending("life") == [], "uploads are refined (DBA) as they arrive"
+    assert library.info("life").settings["refine"]["dba_k"] == library.settings.dba_k
     assert client.get(f"/api/collections/life/images/{image_id}").json()["content_hash"] == rec["content_hash"]
     thumb = client.get(f"/api/collections/life/images/{image_id}/thumbnail?size=64")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
@@ -380,6 +382,7 @@ def test_image_lifecycle_add_get_update_replace_delete(client: TestClient, libra
     r = client.put(f"/api/collections/life/images/{image_id}", files=upload(replacement), headers=WRITE)
     assert r.status_code == 200 and r.json()["id"] == image_id and r.json()["tags"] == ["mug"]
     assert r.json()["content_hash"] != rec["content_hash"] and not stored.exists()
+    assert library.store.pending("life") == []
     top = client.post("/api/search?collection=life&k=1", files=upload(replacement)).json()["results"][0]
     assert top["id"] == image_id and top["score"] == pytest.approx(1.0, abs=3e-3)
 

@@ -286,11 +286,12 @@ class ServiceState:
             try:
                 self.lib.store.collection(collection)
             except UnknownCollection:
-                ensure_collection(self.lib.store, collection, embedder)
+                ensure_collection(self.lib.store, collection, embedder, settings=self.lib.settings)
                 created = True
             try:
                 old = {r.path: r.content_hash for r in self._records_by_path(collection, records)}
                 self.lib.store.upsert(collection, records, vectors)
+                self.lib.refresh(collection)
             except BaseException:
                 if created:
                     with suppress(LookalikeError):
@@ -321,6 +322,7 @@ class ServiceState:
             if not self.lib.store.get(collection, [image_id]):
                 raise ApiError(404, "unknown-image", f"no image with id {image_id} in collection '{collection}'")
             self.lib.store.upsert(collection, [record], vector)
+            self.lib.refresh(collection)
         self.lib.store.flush()
         if old.content_hash != digest:
             self.gc_uploads({old.content_hash})

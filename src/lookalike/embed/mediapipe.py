@@ -39,6 +39,7 @@ DIM = 1024
 NAME = "mobilenet-v3-small"
 log = logging.getLogger("lookalike")
 _lock = threading.Lock()
+_failed: list[str] = []
 
 
 def candidates(cache_dir: Path | None) -> list[Path]:
@@ -70,8 +71,10 @@ def model_path(cache_dir: Path | None, *, fetch: bool = False) -> Path | None:
     """An ONNX file for the embedder: found, converted from a found .tflite, or (fetch) downloaded."""
     with _lock:
         found = locate(cache_dir)
-        if found is None and fetch and not offline():
+        if found is None and fetch and not offline() and not _failed:
             found = download(cache_dir)
+            if found is None:
+                _failed.append(MEDIAPIPE_URL)  # one attempt per process: no network stays no network
         if found is None or found.suffix == ".onnx":
             return found
         target = (cache_dir or _user_cache()) / FILE_NAME

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from lookalike import Library, refine
+from lookalike.eval.metrics import average_precision
 from lookalike.refine import RefineParams
 from lookalike.store import ImageRecord
 
@@ -50,14 +51,9 @@ def score(lib: Library, name: str, vectors: np.ndarray, files: list[Path], kind:
         names = [h.path for h in hits]
         if kind == "ukbench":  # N-S: group members in the top 4, query included
             values.append(sum(int(Path(p).stem[7:]) // 4 == int(path.stem[7:]) // 4 for p in names[:4]))
-        else:  # mAP@10, query excluded
-            ranked = [p for p in names if p != str(path)][:10]
-            found, ap = 0, 0.0
-            for rank, p in enumerate(ranked, 1):
-                if Path(p).parent.name == path.parent.name:
-                    found += 1
-                    ap += found / rank
-            values.append(ap / 10)
+        else:  # mAP@10, query excluded; relevant = the other pictures of its class folder
+            relevant = {str(p) for p in path.parent.glob("*.jpg")} - {str(path)}
+            values.append(average_precision([p for p in names if p != str(path)], relevant, 10))
     return float(np.mean(values))
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from lookalike import Library
+from lookalike.eval.metrics import average_precision
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -43,16 +44,13 @@ def ukbench_ns(lib: Library, queries: list[Path], *, rotate: bool, invariant: bo
 
 
 def flowers_map(lib: Library, queries: list[Path], *, invariant: bool) -> float:
+    """mAP@10, query excluded; relevant = the other pictures of the query's class folder."""
     aps = []
     for path in queries:
-        hits = [h for h in lib.search(path, k=11, collection="fl", rotation_invariant=invariant)
-                if h.path != str(path)][:10]
-        found, ap = 0, 0.0
-        for rank, hit in enumerate(hits, 1):
-            if Path(hit.path).parent.name == path.parent.name:
-                found += 1
-                ap += found / rank
-        aps.append(ap / 10)
+        ranked = [h.path for h in lib.search(path, k=11, collection="fl", rotation_invariant=invariant)
+                  if h.path != str(path)]
+        relevant = {str(p) for p in path.parent.glob("*.jpg")} - {str(path)}
+        aps.append(average_precision(ranked, relevant, 10))
     return float(np.mean(aps))
 
 

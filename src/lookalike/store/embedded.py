@@ -394,16 +394,19 @@ class EmbeddedStore(Store):
         sql = f"SELECT id FROM images WHERE {' AND '.join(where)} ORDER BY id"
         return [r[0] for r in self._db.execute(sql, args)]
 
+    def _blobs(self, collection: str, ids: list[int], column: str) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        for chunk in _chunks([int(i) for i in ids], 500):
+            marks = ",".join("?" * len(chunk))
+            for r in self._db.execute(
+                    f"SELECT id, {column} FROM images WHERE +collection=? AND id IN ({marks})", (collection, *chunk)):
+                found[r[0]] = r[1]
+        return found
+
     def vectors(self, collection: str, ids: list[int]) -> np.ndarray:
         row = self._collection_row(collection)
         ids = [int(i) for i in ids]
-        found: dict[int, bytes] = {}
-        for chunk in _chunks(list(ids), 500):
-            marks = ",".join("?" * len(chunk))
-            for r in self._db.execute(
-                    f"SELECT id, vector FROM images WHERE +collection=? AND id IN ({marks})",
-                    (collection, *chunk)):
-                found[r[0]] = r[1]
+        found = self._blobs(collection, ids, "vector")
         missing = [i for i in ids if i not in found]
         if missing:
             raise LookalikeError(f"no image with id {missing[0]} in collection '{collection}'")
@@ -422,13 +425,7 @@ class EmbeddedStore(Store):
     def _index_vectors(self, collection: str, row: sqlite3.Row, ids: list[int]) -> np.ndarray:
         """What the index holds for these rows: the augmented vector where there is one, else the plain one."""
         ids = [int(i) for i in ids]
-        found: dict[int, bytes] = {}
-        for chunk in _chunks(list(ids), 500):
-            marks = ",".join("?" * len(chunk))
-            for r in self._db.execute(
-                    f"SELECT id, COALESCE(augmented, vector) FROM images WHERE +collection=? AND id IN ({marks})",
-                    (collection, *chunk)):
-                found[r[0]] = r[1]
+        found = self._blobs(collection, ids, "COALESCE(augmented, vector)")
         return self._decode_blobs(row, [found[i] for i in ids if i in found])
 
     def index_vectors(self, collection: str, ids: list[int]) -> np.ndarray:

@@ -119,6 +119,17 @@ class EmbeddedStore(Store):
         self._indexes: dict[str, _LoadedIndex] = {}
         self._written: set[str] = set()  # collections this process changed: flush saves their index
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction, taken before reading what it depends on (BEGIN IMMEDIATE)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     # -- schema -------------------------------------------------------------------------------
     def _migrate(self) -> None:
         with self._lock:
@@ -175,14 +186,9 @@ class EmbeddedStore(Store):
     def drop_collection(self, name: str) -> None:
         with self._lock:
             self._collection_row(name)
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 self._db.execute("DELETE FROM images WHERE collection=?", (name,))
                 self._db.execute("DELETE FROM collections WHERE name=?", (name,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             self._indexes.pop(name, None)
             for path in [*self.index_dir.glob(f"{name}.*.faiss"), *self.index_dir.glob(f"{name}.*.json")]:
                 path.unlink(missing_ok=True)
@@ -250,8 +256,7 @@ class EmbeddedStore(Store):
             now = time.time()
             ids: list[int] = []
             replaced: list[int] = []
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 changed: list[int] = []
                 untouched: list[int] = []  # rows whose vector is unchanged: the index keeps them as they are
                 for rec, blob in zip(records, blobs, strict=True):
@@ -282,10 +287,6 @@ class EmbeddedStore(Store):
                         ids.append(int(cur.lastrowid))
                 stale = self._invalidate_neighbours(collection, changed)
                 new_gen = self._bump(collection)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             self._written.add(collection)
             for rec, new_id in zip(records, ids, strict=True):
                 rec.id = new_id
@@ -320,8 +321,7 @@ class EmbeddedStore(Store):
             row = self._collection_row(collection)
             if not ids:
                 return 0
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 removed = 0
                 for chunk in _chunks(ids, 500):
                     marks = ",".join("?" * len(chunk))
@@ -330,10 +330,6 @@ class EmbeddedStore(Store):
                         (collection, *chunk)).rowcount
                 stale = self._invalidate_neighbours(collection, list(ids)) if removed else []
                 new_gen = self._bump(collection) if removed else None
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             if new_gen is not None:
                 self._written.add(collection)
                 self._apply_to_index(collection, row, new_gen, remove=sorted(set(ids) | set(stale)),
@@ -461,8 +457,7 @@ class EmbeddedStore(Store):
             if not ids:
                 return int(row["generation"])
             blobs = self._encode_vectors(row, vectors)
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 now = self._db.execute("SELECT generation FROM collections WHERE name=?", (collection,)).fetchone()[0]
                 if if_generation is not None and now != if_generation:
                     raise StaleWrite(f"collection '{collection}' changed while its refinement was computed")
@@ -477,10 +472,6 @@ class EmbeddedStore(Store):
                     self._db.executemany("INSERT INTO knn(image_id, neighbour, cos) VALUES (?,?,?)",
                                          [(image_id, int(n), float(c)) for n, c in lst])
                 new_gen = self._bump(collection)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             self._written.add(collection)
             self._apply_to_index(collection, row, new_gen, remove=kept,
                                  add=(np.asarray(kept, dtype=np.int64), self._index_vectors(collection, row, kept)))
@@ -489,16 +480,11 @@ class EmbeddedStore(Store):
     def clear_augmented(self, collection: str) -> None:
         with self._lock:
             self._collection_row(collection)
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 self._db.execute("DELETE FROM knn WHERE image_id IN (SELECT id FROM images WHERE collection=?)",
                                  (collection,))
                 self._db.execute("UPDATE images SET augmented=NULL WHERE collection=?", (collection,))
                 self._bump(collection)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             self._written.add(collection)
             self._indexes.pop(collection, None)
 

@@ -54,7 +54,9 @@ def test_incremental_dba_equals_full_recompute_after_add_replace_remove(home: Pa
         hold.mkdir()
         for p in later:
             shutil.move(p, hold / p.name)
-        lib.index([photos], "c", model=MODEL)
+        steps: list[tuple[int, int]] = []
+        lib.index([photos], "c", model=MODEL, refine_progress=lambda done, total: steps.append((done, total)))
+        assert steps and steps[-1] == (60, 60)
         assert lib.info("c").settings["refine"]["dba_k"] == 4
         assert_matches_scratch(lib, "c")
 

@@ -77,7 +77,7 @@ def index(ctx: click.Context, paths: tuple[Path, ...], collection: str, model: s
     """Index image files and folders (re-runs are incremental)."""
     lib = _library(ctx)
     show_progress = not as_json and sys.stderr.isatty()
-    progress_fn = None
+    progress_fn = refine_fn = None
     bar = None
     if show_progress:
         from rich.progress import (
@@ -89,18 +89,22 @@ def index(ctx: click.Context, paths: tuple[Path, ...], collection: str, model: s
             TimeRemainingColumn,
         )
 
-        bar = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(),
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                        transient=True)
-        task = bar.add_task("index", total=None, rate="")
+        task = bar.add_task("indexing", total=None, rate="")
         bar.start()
 
         def progress_fn(done: int, total: int) -> None:
             speed = bar.tasks[0].speed
             bar.update(task, completed=done, total=total, rate=f"{speed:.1f} img/s" if speed else "")
+
+        def refine_fn(done: int, total: int) -> None:
+            bar.update(task, description="refining (DBA)", completed=done, total=total, rate="")
     try:
         report = lib.index(list(paths), collection, model=model, prune=prune, group_id=group_id,
-                           tags=list(tags), index_spec=index_spec, progress=progress_fn)
+                           tags=list(tags), index_spec=index_spec, progress=progress_fn,
+                           refine_progress=refine_fn)
     finally:
         if bar is not None:
             bar.stop()

@@ -128,6 +128,7 @@ def index_paths(
     index_spec: str = "auto",
     progress: ProgressFn | None = None,
     report_dir: Path | None = None,
+    refine_progress: ProgressFn | None = None,
 ) -> IndexReport:
     settings = settings or Settings()
     roots = [Path(r).expanduser() for r in roots]
@@ -240,7 +241,8 @@ def index_paths(
 
     if prune:
         report.removed = prune_missing(store, collection, roots)
-    refine.refresh(store, collection)  # also picks up rows a killed run committed but never refined
+    # also picks up rows a killed run committed but never refined
+    refine.refresh(store, collection, progress=refine_progress)
     store.flush()
     report.seconds = time.perf_counter() - started
     report.count = store.count(collection)

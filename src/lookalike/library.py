@@ -93,8 +93,9 @@ class Library:
     def index(self, paths: list[str | os.PathLike[str]], collection: str = DEFAULT_COLLECTION, *,
               model: str | None = None, prune: bool = False, group_id: str | None = None,
               tags: list[str] | None = None, index_spec: str = "auto",
-              progress: ProgressFn | None = None) -> IndexReport:
-        """Index files and folders; re-running skips unchanged files (see `ingest`)."""
+              progress: ProgressFn | None = None, refine_progress: ProgressFn | None = None) -> IndexReport:
+        """Index files and folders; re-running skips unchanged files (see `ingest`). `progress` follows
+        the files, `refine_progress` the refinement pass that ends the run (rows done, rows to do)."""
         try:
             existing = self.store.collection(collection).model
         except LookalikeError:
@@ -102,7 +103,8 @@ class Library:
         embedder = self.embedder(model or existing)
         return index_paths(self.store, embedder, [Path(p) for p in paths], collection,
                            settings=self.settings, prune=prune, group_id=group_id, tags=tags,
-                           index_spec=index_spec, progress=progress, report_dir=self.home / "reports")
+                           index_spec=index_spec, progress=progress, report_dir=self.home / "reports",
+                           refine_progress=refine_progress)
 
     def add_image(self, data: bytes, collection: str = DEFAULT_COLLECTION, *, name: str | None = None,
                   group_id: str | None = None, tags: list[str] | None = None,

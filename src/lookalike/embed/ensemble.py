@@ -1,8 +1,8 @@
 """Fusion of embedders: weighted concatenation of L2-normalised vectors, normalised again.
 
 Why: two different backbones make different mistakes. EfficientNet-Lite0 (GeM) and MediaPipe's
-MobileNetV3 embedder together beat either alone and beat EfficientNet-Lite2 on every shared set, at
-about 1.6x Lite2's speed (docs/benchmarks.md, "Retrieval quality"). The cosine of two fused vectors is
+MobileNetV3 embedder together beat either alone and beat EfficientNet-Lite2 on every shared set, and
+index 1.25x faster than Lite2 end to end (docs/benchmarks.md). The cosine of two fused vectors is
 the weighted mean of the parts' cosines: sum_i w_i^2 cos_i / sum_i w_i^2.
 
 Names: `a+b` fuses registered models a and b with equal weights; `a*1.4+b` weights a by 1.4.

@@ -77,7 +77,8 @@ def model_path(cache_dir: Path | None, *, fetch: bool = False) -> Path | None:
                 _failed.append(MEDIAPIPE_URL)  # one attempt per process: no network stays no network
         if found is None or found.suffix == ".onnx":
             return found
-        target = (cache_dir or _user_cache()) / FILE_NAME
+        digest = hashlib.sha256(found.read_bytes()).hexdigest()[:12]  # a different .tflite gets its own graph
+        target = (cache_dir or _user_cache()) / f"{Path(FILE_NAME).stem}-{digest}.onnx"
         if not target.is_file():
             from .tflite_onnx import convert
 

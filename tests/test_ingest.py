@@ -117,15 +117,16 @@ def test_killed_run_resumes_without_loss_or_duplicates(home: Path, tmp_path: Pat
     for p in files:
         shutil.copy(p, folder)
     env = {**cli_env(home), "LOOKALIKE_COMMIT_EVERY": "16", "LOOKALIKE_BATCH_SIZE": "16"}
+    errors = tmp_path / "index-stderr.txt"
     proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "index", str(folder), "-c", "many"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=env, stdout=subprocess.DEVNULL, stderr=errors.open("w"))
     seen, deadline = -1, time.time() + 300
     while proc.poll() is None and time.time() < deadline:
         seen = _count(home, "many")
         if 0 < seen < len(files):
             break
         time.sleep(0.2)
-    assert proc.poll() is None, "index finished before it could be killed"
+    assert proc.poll() is None, f"index finished (rc {proc.poll()}) before it could be killed: {errors.read_text()}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 0 < _count(home, "many") < len(files)

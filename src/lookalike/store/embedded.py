@@ -112,10 +112,7 @@ class EmbeddedStore(Store):
         self._db = sqlite3.connect(self.home / "catalog.sqlite", check_same_thread=False,
                                    isolation_level=None, timeout=60)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        self._open_catalogue()
         self._indexes: dict[str, _LoadedIndex] = {}
         self._written: set[str] = set()  # collections this process changed: flush saves their index
 
@@ -131,6 +128,27 @@ class EmbeddedStore(Store):
             raise
 
     # -- schema -------------------------------------------------------------------------------
+    def _open_catalogue(self) -> None:
+        """Switch to WAL and migrate, retrying while another process does the same to a brand-new file.
+
+        Until the first process has switched a new catalogue to WAL it is in rollback-journal mode,
+        where SQLite answers "database is locked" at once (no busy wait) to a reader that wants to
+        write while another connection waits for the exclusive lock: a deadlock guard. Two processes
+        opening a new library together (e.g. `index` and `info`) can hit that window; it is short."""
+        for attempt in range(100):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                time.sleep(0.05)
+
     def _migrate(self) -> None:
         with self._lock:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]

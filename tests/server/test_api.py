@@ -631,5 +631,6 @@ def test_search_expand_switch(client: TestClient) -> None:
     assert bad.status_code == 422 and "expand" in bad.json()["message"]
     turned = client.post("/api/search?collection=uk&k=4&rotation_invariant=true", files=upload(jpeg(0)))
     assert turned.status_code == 200 and turned.json()["results"][0]["id"] == refined[0]["id"]
+    assert turned.json()["rotation_invariant"] is True and turned.json()["expand"] is True
     bad = client.post("/api/search?collection=uk&rotation_invariant=2", files=upload(jpeg(0)))
     assert bad.status_code == 422 and "rotation_invariant" in bad.json()["message"]

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from ..conftest import UKBENCH
 from .conftest import wait_http_ready
@@ -85,6 +86,23 @@ def test_uploading_a_photo_shows_the_other_views_first(live_server: str, browser
     page.wait_for_function(f"document.querySelector('#results').dataset.state === 'done' && "
                            f"![...document.querySelectorAll('#results .hit')].some(e => e.dataset.id === '{second}')")
     assert "ukbench00000.jpg" in result_names(page)[:4]
+    page.close()
+
+
+def test_any_rotation_box_finds_a_sideways_copy(live_server: str, browser, tmp_path: Path) -> None:
+    sideways = tmp_path / "sideways.jpg"
+    Image.open(UKBENCH / "ukbench00000.jpg").transpose(Image.Transpose.ROTATE_90).save(sideways, quality=95)
+    page = browser.new_page(viewport={"width": 1100, "height": 760})
+    page.goto(live_server + "/?collection=uk")
+    page.wait_for_selector("#collection option[value='uk']", state="attached")
+    page.set_input_files("#file", str(sideways))
+    page.wait_for_selector("#results[data-state='done'] .hit")
+    with page.expect_response(lambda r: "/api/search" in r.url) as answer:
+        page.check("#rotations")  # ticking it re-runs the search, in four orientations
+    assert answer.value.json()["rotation_invariant"] is True
+    page.wait_for_function("document.querySelector('#results').dataset.state === 'done'")
+    top4 = result_names(page)[:4]
+    assert {f"ukbench0000{i}.jpg" for i in range(4)} == set(top4), top4
     page.close()
 
 

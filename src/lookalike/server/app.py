@@ -405,7 +405,8 @@ class ServiceState:
                                expand=expand, rotation_invariant=rotation_invariant)
         self.metrics.search_steps.labels("embed+nearest").observe(time.perf_counter() - step)
         return {
-            "collection": collection, "model": embedder.name, "k": k,
+            "collection": collection, "model": embedder.name, "k": k, "expand": expand,
+            "rotation_invariant": rotation_invariant,
             "took_ms": round((time.perf_counter() - started) * 1000, 2),
             "results": [self.record_out(collection, h.record, h.score, rank)
                         for rank, h in enumerate(hits, 1)],

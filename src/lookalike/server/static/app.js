@@ -104,6 +104,10 @@ function common() {
   return { collection: $("#collection").value, k: Number($("#k").value) };
 }
 
+function imageOptions() {
+  return { rotation_invariant: $("#rotations").checked };
+}
+
 function searchFile(file) {
   if (!file) return;
   if (file.type && !file.type.startsWith("image/")) { setStatus(`${file.name} is not an image`, true); return; }
@@ -113,6 +117,7 @@ function searchFile(file) {
   const { collection, k } = common();
   form.append("collection", collection);
   form.append("k", String(k));
+  form.append("rotation_invariant", String(imageOptions().rotation_invariant));
   state.last = () => searchFile(file);
   return runSearch(form);
 }
@@ -121,7 +126,7 @@ function searchById(id, thumbnailUrl) {
   showPreview(thumbnailUrl);
   state.last = null; // ids belong to one collection: changing it does not re-run this search
   window.scrollTo({ top: 0, behavior: "smooth" });
-  return runSearch(JSON.stringify({ ...common(), id }), { "Content-Type": "application/json" });
+  return runSearch(JSON.stringify({ ...common(), ...imageOptions(), id }), { "Content-Type": "application/json" });
 }
 
 function searchText(text) {
@@ -154,6 +159,7 @@ function wire() {
     if (state.last) state.last();
   });
   $("#k").addEventListener("change", () => { if (state.last) state.last(); });
+  $("#rotations").addEventListener("change", () => { if (state.last) state.last(); });
 }
 
 wire();

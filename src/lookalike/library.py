@@ -227,7 +227,11 @@ class Library:
     def set_refinement(self, collection: str = DEFAULT_COLLECTION, *, dba_k: int | None = None,
                        qe_k: int | None = None, off: bool = False) -> refine.RefineParams:
         """Change a collection's refinement (recomputing its augmented vectors) and return the new one."""
-        current = refine.RefineParams.of(self.store.collection(collection))
+        info = self.store.collection(collection)
+        if info.metric != "cosine" and not off:
+            raise LookalikeError(f"collection '{collection}' holds {info.model} hashes (hamming): refinement "
+                                 "needs cosine vectors; use a neural model for it")
+        current = refine.RefineParams.of(info)
         if off:
             refine.rebuild(self.store, collection, None)
             self.store.flush()

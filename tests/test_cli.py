@@ -130,6 +130,8 @@ def test_collection_refinement_can_be_changed(home: Path, indexed: Path) -> None
     assert info["settings"]["refine"]["dba_k"] == 3
     plain = run(home, "collections", "create", "raw", "--plain", "--json")
     assert plain.returncode == 0 and json.loads(plain.stdout)["settings"] == {}
+    turned_on = run(home, "collections", "refine", "raw", "--json")  # a plain collection gets the defaults
+    assert json.loads(turned_on.stdout)["refine"]["dba_k"] == 4 and json.loads(turned_on.stdout)["refine"]["qe_k"] == 5
     assert run(home, "collections", "create", "hashes", "--model", "phash").returncode == 0
     refused = run(home, "collections", "refine", "hashes", "--dba-k", "4")
     assert refused.returncode == 1 and "hamming" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1

@@ -226,12 +226,15 @@ class Library:
 
     def set_refinement(self, collection: str = DEFAULT_COLLECTION, *, dba_k: int | None = None,
                        qe_k: int | None = None, off: bool = False) -> refine.RefineParams:
-        """Change a collection's refinement (recomputing its augmented vectors) and return the new one."""
+        """Change a collection's refinement (recomputing its augmented vectors) and return the new one.
+        Values not given keep the collection's own; a collection without refinement gets the defaults."""
         info = self.store.collection(collection)
         if info.metric != "cosine" and not off:
             raise LookalikeError(f"collection '{collection}' holds {info.model} hashes (hamming): refinement "
                                  "needs cosine vectors; use a neural model for it")
         current = refine.RefineParams.of(info)
+        if not (current.dba_k or current.qe_k):  # plain (e.g. made by an older lookalike): start from defaults
+            current = refine.RefineParams(dba_k=self.settings.dba_k, qe_k=self.settings.qe_k)
         if off:
             refine.rebuild(self.store, collection, None)
             self.store.flush()

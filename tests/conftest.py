@@ -38,14 +38,18 @@ def home(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> 
     return lib_home
 
 
+def copy_photos(folder: Path, n: int) -> Path:
+    """The first n UKBench photos copied into `folder` (made here), which tests may then change."""
+    folder.mkdir()
+    for path in ukbench_images(n):
+        shutil.copy(path, folder)
+    return folder
+
+
 @pytest.fixture
 def small_folder(tmp_path: Path) -> Path:
     """12 real photos (3 UKBench objects x 4 views) copied to a writable folder."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for path in ukbench_images(12):
-        shutil.copy(path, folder)
-    return folder
+    return copy_photos(tmp_path / "photos", 12)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 from lookalike import Library
 from lookalike.refine import RefineParams
 
-from .conftest import FLOWERS, ukbench_images
+from .conftest import FLOWERS, copy_photos, ukbench_images
 
 MODEL = "mobilenet-v3-small"  # the fastest real model: these tests are about the bookkeeping
 
@@ -40,11 +40,7 @@ def assert_matches_scratch(lib: Library, collection: str) -> None:
 
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for path in ukbench_images(80):
-        shutil.copy(path, folder)
-    return folder
+    return copy_photos(tmp_path / "photos", 80)
 
 
 def test_incremental_dba_equals_full_recompute_after_add_replace_remove(home: Path, photos: Path) -> None:

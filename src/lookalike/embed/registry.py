@@ -53,9 +53,9 @@ def resolve(name: str | None, cache_dir: Path | None = None, *, fetch: bool = Fa
 def get_embedder(name: str | None, cache_dir: Path, *, threads: int = 0) -> Embedder:
     resolved = resolve(name, cache_dir, fetch=True)
     entry = _REGISTRY.get(resolved)
-    if entry is None and resolved.startswith(("timm:", "open_clip:")):
-        from . import torch_models
+    from . import torch_models
 
+    if entry is None and resolved.startswith(torch_models.PREFIXES):
         return torch_models.make_embedder(torch_models.spec_for(resolved), cache_dir, threads=threads)
     if entry is None and "+" in resolved:
         from .ensemble import FusedEmbedder, parse

@@ -54,7 +54,7 @@ def spec_for(name: str) -> Spec:
     `open_clip:ViT-B-16/laion2b_s34b_b88k`; `@/path/to/file` uses a local checkpoint instead of the hub."""
     family, _, rest = name.partition(":")
     rest, _, weights = rest.partition("@")
-    if family not in ("timm", "open_clip") or not rest:
+    if f"{family}:" not in PREFIXES or not rest:
         raise LookalikeError(f"invalid model name '{name}': write timm:ARCH or open_clip:ARCH/PRETRAINED, "
                              "optionally followed by @/path/to/weights")
     if weights and not Path(weights).expanduser().is_file():

@@ -634,7 +634,6 @@ class EmbeddedStore(Store):
                 return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
             if len(allowed) <= EXACT_FILTER_LIMIT:
                 return self._exact(row, q, k, allowed, self._index_vectors(collection, row, allowed))
-            params_cls = faiss.SearchParameters
             loaded = self._load_index(collection)
             inner = _unwrap(loaded.index) if not hamming else None
             selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
@@ -644,7 +643,7 @@ class EmbeddedStore(Store):
             elif ivf is not None:
                 params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
             else:
-                params = params_cls(sel=selector)
+                params = faiss.SearchParameters(sel=selector)
             dist, ids = loaded.index.search(q, k, params=params)
         else:
             loaded = self._load_index(collection)

@@ -208,3 +208,164 @@ def test_processes_opening_a_new_library_together_all_succeed(tmp_path: Path) ->
         for proc in procs:
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err.strip().splitlines()[-1] if err.strip() else proc.returncode
+
+
+def exact_top(store: EmbeddedStore, collection: str, queries: np.ndarray, k: int) -> np.ndarray:
+    """Ground truth from the stored index vectors, independent of any Faiss index."""
+    ids, vecs = store.all_vectors(collection, augmented=True)
+    return ids[np.argsort(-(queries @ vecs.T), axis=1, kind="stable")[:, :k]]
+
+
+def index_files(home: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (home / "indexes").glob("*.faiss")}
+
+
+def test_small_writes_leave_the_index_file_alone_and_a_new_process_sees_them(tmp_path: Path) -> None:
+    s = EmbeddedStore(tmp_path)
+    s.create_collection("c", "m", 16)
+    vecs = unit(60)
+    ids = s.upsert("c", records(60), vecs)
+    s.flush()
+    files = index_files(tmp_path)
+    assert len(files) == 1
+    new = unit(3, seed=5)
+    new_ids = s.upsert("c", records(3, "/new"), new)  # add
+    s.remove("c", ids[:4])  # remove
+    moved = unit(1, seed=6)
+    s.upsert("c", records(60)[10:11], moved)  # replace a vector
+    s.flush()
+    s.close()
+    assert index_files(tmp_path) == files  # the same file, not rewritten: the log covers the writes
+    fresh = EmbeddedStore(tmp_path)
+    assert fresh.index_for("c").ntotal == fresh.count("c") == 59
+    queries = np.concatenate([new, moved, vecs[20:30]])
+    _, found = fresh.search("c", queries, 5)
+    assert (found == exact_top(fresh, "c", queries, 5)).all()
+    assert found[:3, 0].tolist() == new_ids and found[3, 0] == ids[10]
+    assert not set(ids[:4]) & set(fresh.search("c", vecs[:4], 10)[1].ravel().tolist())
+
+
+def test_a_reader_catches_up_with_another_process_without_rebuilding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    writer = EmbeddedStore(tmp_path)
+    writer.create_collection("c", "m", 16)
+    vecs = unit(40)
+    ids = writer.upsert("c", records(40), vecs)
+    writer.close()
+    reader = EmbeddedStore(tmp_path)
+    reader.search("c", vecs[:1], 1)  # loaded, as a server holds it
+
+    def no_rebuild(*_: object) -> None:
+        raise AssertionError("the reader rebuilt its index instead of catching up")
+
+    monkeypatch.setattr(reader, "_rebuild", no_rebuild)
+    code = (
+        "import sys, numpy as np; from lookalike.store import EmbeddedStore, ImageRecord\n"
+        "s = EmbeddedStore(sys.argv[1]); r = np.random.default_rng(7)\n"
+        "v = r.normal(size=(6, 16)).astype(np.float32); v /= np.linalg.norm(v, axis=1, keepdims=True)\n"
+        "s.upsert('c', [ImageRecord(path=f'/other/{i}.jpg') for i in range(4)], v[:4])\n"
+        f"s.remove('c', [{ids[0]}, {ids[1]}])\n"
+        "s.upsert('c', [ImageRecord(path='/img/5.jpg')], v[4:5])\n"
+        f"s.set_augmented('c', [{ids[7]}], v[5:6], [[({ids[7]}, 1.0)]])\n"
+        "s.close()\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120)
+    queries = np.concatenate([vecs, unit(6, seed=7)])
+    _, found = reader.search("c", queries, 4)
+    assert reader.index_for("c").ntotal == reader.count("c") == 42
+    assert (found == exact_top(reader, "c", queries, 4)).all()
+    assert not {ids[0], ids[1]} & set(found.ravel().tolist())
+
+
+def test_a_long_log_is_folded_into_a_new_file_and_an_older_reader_still_catches_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from lookalike.store import embedded
+
+    monkeypatch.setattr(embedded, "LOG_LIMIT_MIN", 5)
+    writer = EmbeddedStore(tmp_path)
+    writer.create_collection("c", "m", 16)
+    vecs = unit(80)
+    ids = writer.upsert("c", records(40), vecs[:40])
+    writer.flush()
+    reader = EmbeddedStore(tmp_path)
+    reader.search("c", vecs[:1], 1)
+    first = index_files(tmp_path)
+    writer.upsert("c", records(3, "/few"), vecs[40:43])
+    writer.flush()
+    assert index_files(tmp_path) == first  # 3 logged rows: under the limit
+    writer.upsert("c", records(37, "/many"), vecs[43:80])
+    writer.remove("c", ids[:5])
+    writer.flush()
+    second = index_files(tmp_path)
+    assert len(second) == 1 and second != first  # a new file replaced the old one
+    with sqlite3.connect(tmp_path / "catalog.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM index_log").fetchone()[0] == 0  # folded into the file
+    _, found = reader.search("c", vecs, 3)  # its generation is older than the pruned log
+    assert reader.index_for("c").ntotal == 75
+    assert (found == exact_top(reader, "c", vecs, 3)).all()
+
+
+def test_a_recreated_namesake_never_reuses_the_dropped_collections_index(tmp_path: Path) -> None:
+    writer = EmbeddedStore(tmp_path)
+    writer.create_collection("c", "m", 16)
+    old = unit(10)
+    writer.upsert("c", records(10), old)
+    reader = EmbeddedStore(tmp_path)
+    reader.search("c", old[:1], 1)
+    writer.drop_collection("c")
+    writer.create_collection("c", "m", 16)
+    new = unit(10, seed=4)
+    new_ids = writer.upsert("c", records(10, "/new"), new)  # the same generation number as before
+    writer.close()
+    _, found = reader.search("c", new, 1)
+    assert found[:, 0].tolist() == new_ids
+
+
+def test_hnsw_indexes_are_written_out_rather_than_replayed(tmp_path: Path) -> None:
+    s = EmbeddedStore(tmp_path)
+    s.create_collection("g", "m", 16, index_spec="HNSW16")
+    vecs = unit(30)
+    s.upsert("g", records(30), vecs)
+    s.flush()
+    first = index_files(tmp_path)
+    ids = s.upsert("g", records(2, "/more"), unit(2, seed=3))
+    s.flush()
+    s.close()
+    assert index_files(tmp_path) != first  # HNSW can't remove entries, so no log replay for it
+    _, found = EmbeddedStore(tmp_path).search("g", unit(2, seed=3), 1)
+    assert found[:, 0].tolist() == ids
+
+
+def test_a_library_from_before_the_log_rebuilds_a_stale_index_file(tmp_path: Path) -> None:
+    """Schema 3 had no log: its stale index files must be rebuilt, never 'caught up' with nothing."""
+    import json
+    import sqlite3
+
+    import faiss
+
+    from lookalike.store.embedded import _MIGRATIONS
+
+    db = sqlite3.connect(tmp_path / "catalog.sqlite")
+    for script in _MIGRATIONS[:3]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version=3")
+    db.execute("INSERT INTO collections(name, model, dim, created, generation) VALUES ('c', 'm', 16, 1.0, 7)")
+    vecs = unit(5)
+    for i, v in enumerate(vecs):
+        db.execute("INSERT INTO images(collection, path, vector, added) VALUES ('c', ?, ?, 0)",
+                   (f"/img/{i}.jpg", v.tobytes()))
+    db.commit()
+    db.close()
+    stale = faiss.IndexIDMap2(faiss.IndexFlatIP(16))  # generation 5: two writes behind, other vectors
+    stale.add_with_ids(unit(3, seed=9), np.arange(1, 4, dtype=np.int64))
+    (tmp_path / "indexes").mkdir()
+    faiss.write_index(stale, str(tmp_path / "indexes" / "c.5.faiss"))
+    (tmp_path / "indexes" / "c.5.json").write_text(json.dumps({"index_type": "Flat", "generation": 5}))
+    s = EmbeddedStore(tmp_path)
+    _, found = s.search("c", vecs, 1)
+    assert found[:, 0].tolist() == [1, 2, 3, 4, 5]
+    assert s.index_for("c").ntotal == 5

@@ -3,8 +3,13 @@ collection that is only a derived, rebuildable cache.
 
 Why this shape: a batch of rows and their vectors is committed in one SQLite transaction, so a run
 killed at any instant leaves either all of a batch or none of it. Every write bumps the collection's
-`generation`; an index file is named after the generation it was built from, so a stale or missing
-file is detected on open and rebuilt from the stored vectors. Catalogue and index can't disagree.
+`generation` and, in the same transaction, logs which rows' index entries it changed (`index_log`).
+An index file is named after the generation it was built from; an older file (or another process's
+index in memory) catches up by replaying the rows logged since, and a file too old for the log is
+rebuilt from the stored vectors. Catalogue and index can't disagree.
+
+Small writes therefore cost a few rows in SQLite, not a rewrite of the index file: the file is
+rewritten only once the log holds more than LOG_LIMIT_FRACTION of the collection (see `flush`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import numpy as np
 from ..errors import LookalikeError, StaleWrite, UnknownCollection
 from .base import CollectionInfo, Filter, ImageRecord, Store
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+LOG_LIMIT_MIN = 1000  # an index file is rewritten once its log names more rows than this...
+LOG_LIMIT_FRACTION = 0.05  # ...and more than this fraction of the collection
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 EXACT_FILTER_LIMIT = 4096  # filters selecting fewer rows than this are searched exactly
 
@@ -80,6 +87,18 @@ _MIGRATIONS: list[str] = [
     """
     CREATE INDEX images_pending ON images (collection, id) WHERE augmented IS NULL;
     """,
+    # 4: which rows each generation changed in the index, so an older index catches up by replaying
+    # them; generations below `log_floor` are no longer logged (libraries from before the log, pruned)
+    """
+    CREATE TABLE index_log (
+        collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
+        generation INTEGER NOT NULL,
+        image_id INTEGER NOT NULL,
+        PRIMARY KEY (collection, generation, image_id)
+    ) WITHOUT ROWID;
+    ALTER TABLE collections ADD COLUMN log_floor INTEGER NOT NULL DEFAULT 0;
+    UPDATE collections SET log_floor = generation;
+    """,
 ]
 
 
@@ -88,7 +107,7 @@ class _LoadedIndex:
     index: Any
     generation: int
     index_type: str
-    saved: bool
+    created: float  # the collection's creation time: an index of a dropped namesake is never reused
 
 
 def _row_to_record(row: sqlite3.Row) -> ImageRecord:
@@ -304,7 +323,7 @@ class EmbeddedStore(Store):
                             (collection, rec.path, *values, now))
                         ids.append(int(cur.lastrowid))
                 stale = self._invalidate_neighbours(collection, changed)
-                new_gen = self._bump(collection)
+                new_gen = self._bump(collection, (set(ids) - set(untouched)) | set(stale))
             self._written.add(collection)
             for rec, new_id in zip(records, ids, strict=True):
                 rec.id = new_id
@@ -347,7 +366,7 @@ class EmbeddedStore(Store):
                         f"DELETE FROM images WHERE +collection=? AND id IN ({marks})",
                         (collection, *chunk)).rowcount
                 stale = self._invalidate_neighbours(collection, list(ids)) if removed else []
-                new_gen = self._bump(collection) if removed else None
+                new_gen = self._bump(collection, set(ids) | set(stale)) if removed else None
             if new_gen is not None:
                 self._written.add(collection)
                 self._apply_to_index(collection, row, new_gen, remove=sorted(set(ids) | set(stale)),
@@ -489,7 +508,7 @@ class EmbeddedStore(Store):
                     self._db.execute("DELETE FROM knn WHERE image_id=?", (image_id,))
                     self._db.executemany("INSERT INTO knn(image_id, neighbour, cos) VALUES (?,?,?)",
                                          [(image_id, int(n), float(c)) for n, c in lst])
-                new_gen = self._bump(collection)
+                new_gen = self._bump(collection, kept)
             self._written.add(collection)
             self._apply_to_index(collection, row, new_gen, remove=kept,
                                  add=(np.asarray(kept, dtype=np.int64), self._index_vectors(collection, row, kept)))
@@ -502,7 +521,7 @@ class EmbeddedStore(Store):
                 self._db.execute("DELETE FROM knn WHERE image_id IN (SELECT id FROM images WHERE collection=?)",
                                  (collection,))
                 self._db.execute("UPDATE images SET augmented=NULL WHERE collection=?", (collection,))
-                self._bump(collection)
+                self._bump(collection, None)
             self._written.add(collection)
             self._indexes.pop(collection, None)
 
@@ -516,9 +535,18 @@ class EmbeddedStore(Store):
             return np.zeros((0, width), dtype=dtype)
         return np.frombuffer(b"".join(blobs), dtype=dtype).reshape(len(blobs), width).copy()
 
-    def _bump(self, collection: str) -> int:
+    def _bump(self, collection: str, changed: set[int] | list[int] | None) -> int:
+        """Start the next generation (inside the write's transaction) and log the rows whose index entry
+        it changes; None means too many to list (every row), so older indexes must be rebuilt."""
         self._db.execute("UPDATE collections SET generation=generation+1 WHERE name=?", (collection,))
-        return self._db.execute("SELECT generation FROM collections WHERE name=?", (collection,)).fetchone()[0]
+        gen = self._db.execute("SELECT generation FROM collections WHERE name=?", (collection,)).fetchone()[0]
+        if changed is None:
+            self._db.execute("DELETE FROM index_log WHERE collection=?", (collection,))
+            self._db.execute("UPDATE collections SET log_floor=? WHERE name=?", (gen, collection))
+        else:
+            self._db.executemany("INSERT OR IGNORE INTO index_log(collection, generation, image_id) VALUES (?,?,?)",
+                                 [(collection, gen, int(i)) for i in sorted(changed)])
+        return gen
 
     # -- the Faiss index (derived) ------------------------------------------------------------
     def _planned_type(self, row: sqlite3.Row, count: int) -> str:
@@ -554,46 +582,102 @@ class EmbeddedStore(Store):
     def _index_file(self, collection: str, generation: int) -> Path:
         return self.index_dir / f"{collection}.{generation}.faiss"
 
+    def _saved_generations(self, collection: str, upto: int) -> list[int]:
+        """Generations of this collection's index files, newest first, none newer than `upto`."""
+        found = []
+        for path in self.index_dir.glob(f"{collection}.*.faiss"):
+            generation = path.name[len(collection) + 1:-len(".faiss")]
+            if generation.isdigit() and int(generation) <= upto:
+                found.append(int(generation))
+        return sorted(found, reverse=True)
+
+    def _read_index_file(self, collection: str, row: sqlite3.Row, generation: int) -> _LoadedIndex | None:
+        path = self._index_file(collection, generation)
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
+            if meta.get("created", row["created"]) != row["created"]:
+                return None  # left by a dropped collection of the same name
+            reader = faiss.read_index_binary if row["metric"] == "hamming" else faiss.read_index
+            index = reader(str(path))
+        except (RuntimeError, OSError, ValueError, KeyError):
+            return None  # damaged, or removed meanwhile by a newer flush: the caller falls back
+        if isinstance(index, faiss.IndexIDMap) and _as_ivf(_unwrap(index)) is not None:
+            return None  # id map over IVF (older lookalike): removals would misnumber it
+        return _LoadedIndex(index, generation, meta["index_type"], row["created"])
+
     def _load_index(self, collection: str) -> _LoadedIndex:
+        """The collection's index at its current generation: kept in memory, caught up from the log,
+        read from the newest file (and caught up), or rebuilt from the stored vectors, cheapest first."""
         row = self._collection_row(collection)
         gen = row["generation"]
-        loaded = self._indexes.get(collection)
-        if loaded is not None and loaded.generation == gen:
+        loaded = self._indexes.pop(collection, None)
+        if loaded is not None and loaded.created == row["created"] and (
+                loaded.generation == gen or self._catch_up(collection, row, loaded)):
+            self._indexes[collection] = loaded
             return loaded
-        path = self._index_file(collection, gen)
-        meta_path = path.with_suffix(".json")
-        if path.exists() and meta_path.exists():
-            try:
-                reader = faiss.read_index_binary if row["metric"] == "hamming" else faiss.read_index
-                index = reader(str(path))
-                if isinstance(index, faiss.IndexIDMap) and _as_ivf(_unwrap(index)) is not None:
-                    raise ValueError("id map over IVF (older lookalike): removals would misnumber it")
-                meta = json.loads(meta_path.read_text())
-                loaded = _LoadedIndex(index, gen, meta["index_type"], saved=True)
+        for generation in self._saved_generations(collection, gen):
+            loaded = self._read_index_file(collection, row, generation)
+            if loaded is not None and (generation == gen or self._catch_up(collection, row, loaded)):
                 self._indexes[collection] = loaded
                 return loaded
-            except (RuntimeError, OSError, ValueError, KeyError):
-                pass  # damaged file: rebuild below
         return self._rebuild(collection, row)
 
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Reads that must see one state of the catalogue (a read transaction; WAL keeps it consistent)."""
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
+
+    def _catch_up(self, collection: str, row: sqlite3.Row, loaded: _LoadedIndex) -> bool:
+        """Bring an older index up to the current generation by replaying the logged rows: each is
+        removed and, if still stored, added back with its current vector. False if it can't be."""
+        if not _can_remove(loaded.index_type):
+            return False
+        with self._snapshot():
+            now = self._db.execute("SELECT generation, log_floor FROM collections WHERE name=?",
+                                   (collection,)).fetchone()
+            if now is None or not now["log_floor"] <= loaded.generation <= now["generation"]:
+                return False
+            ids = [r[0] for r in self._db.execute(
+                "SELECT DISTINCT image_id FROM index_log WHERE collection=? AND generation>? ORDER BY image_id",
+                (collection, loaded.generation))]
+            present = self._blobs(collection, ids, "COALESCE(augmented, vector)")
+        try:
+            if ids:
+                loaded.index.remove_ids(np.asarray(ids, dtype=np.int64))
+            if present:
+                keys = sorted(present)
+                loaded.index.add_with_ids(self._decode_blobs(row, [present[i] for i in keys]),
+                                          np.asarray(keys, dtype=np.int64))
+        except RuntimeError:
+            return False
+        loaded.generation = now["generation"]
+        return True
+
     def _rebuild(self, collection: str, row: sqlite3.Row) -> _LoadedIndex:
-        ids, vecs = self.all_vectors(collection, augmented=True)
+        with self._snapshot():
+            generation = self._db.execute("SELECT generation FROM collections WHERE name=?",
+                                          (collection,)).fetchone()[0]
+            ids, vecs = self.all_vectors(collection, augmented=True)
         spec = self._planned_type(row, len(ids))
         index, index_type = self._new_index(row, spec, vecs)
         if len(ids):
             index.add_with_ids(vecs, ids)
-        loaded = _LoadedIndex(index, row["generation"], index_type, saved=False)
+        loaded = _LoadedIndex(index, generation, index_type, row["created"])
         self._indexes[collection] = loaded
         return loaded
 
     def _apply_to_index(self, collection: str, row: sqlite3.Row, new_gen: int, *,
                         remove: list[int], add: tuple[np.ndarray, np.ndarray] | None) -> None:
-        """Keep an in-memory index current after our own write, or drop it to be rebuilt."""
+        """Keep an in-memory index current after our own write, or leave it to catch up on next use."""
         loaded = self._indexes.get(collection)
-        if loaded is None:
-            return
-        if loaded.generation != new_gen - 1:
-            self._indexes.pop(collection)
+        if loaded is None or loaded.generation != new_gen - 1:
             return
         try:
             if remove:
@@ -606,7 +690,6 @@ class EmbeddedStore(Store):
             self._indexes.pop(collection)
             return
         loaded.generation = new_gen
-        loaded.saved = False
 
     def index_for(self, collection: str) -> Any:
         """The current Faiss index of a collection (rebuilt if stale)."""
@@ -676,41 +759,71 @@ class EmbeddedStore(Store):
         return np.where(ids >= 0, scores, -np.inf).astype(np.float32)
 
     def flush(self) -> None:
-        """Write every changed index to a file named after its generation (atomic), drop older files."""
+        """Make what this process wrote cheap to open: write an index file (atomically, named after its
+        generation, older files dropped, the log up to it pruned) when the log since the newest file
+        has grown past LOG_LIMIT_*, when there is no usable file, or when the index type must change
+        (the exact/approximate threshold was crossed). Otherwise the file plus the log already are
+        the index, and a small write costs nothing here."""
         with self._lock:
-            for collection in self._written - set(self._indexes):
-                if self._db.execute("SELECT 1 FROM collections WHERE name=?", (collection,)).fetchone():
-                    self._load_index(collection)
+            candidates = sorted(self._written | set(self._indexes))
             self._written.clear()
-            for collection, loaded in list(self._indexes.items()):
+            for collection in candidates:
                 row = self._db.execute("SELECT * FROM collections WHERE name=?", (collection,)).fetchone()
                 if row is None:
                     continue
-                if row["generation"] != loaded.generation:
-                    continue  # another process wrote meanwhile: its state wins, we rebuild on next open
-                planned = self._planned_type(row, loaded.index.ntotal)
-                if _family(planned) != _family(loaded.index_type) and not loaded.index_type.startswith("Flat (until"):
-                    loaded = self._rebuild(collection, row)  # crossed the exact/approximate threshold
-                elif loaded.index_type.startswith("Flat (until") and loaded.index.ntotal >= _min_train(
-                        planned):
-                    loaded = self._rebuild(collection, row)
-                if loaded.saved:
+                loaded = self._indexes.get(collection)
+                stale = loaded is None or loaded.generation != row["generation"]
+                if stale and not self._needs_file(collection, row):
                     continue
-                path = self._index_file(collection, loaded.generation)
-                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-                writer = faiss.write_index_binary if row["metric"] == "hamming" else faiss.write_index
-                writer(loaded.index, str(tmp))
-                meta_tmp = tmp.with_suffix(".jsontmp")
-                meta_tmp.write_text(json.dumps({"index_type": loaded.index_type,
-                                                "generation": loaded.generation}))
-                os.replace(meta_tmp, path.with_suffix(".json"))
-                os.replace(tmp, path)
-                loaded.saved = True
-                for old in self.index_dir.glob(f"{collection}.*.faiss"):
-                    generation = old.name.split(".")[-2]
-                    if generation.isdigit() and int(generation) < loaded.generation:  # newer files are not ours
-                        old.unlink(missing_ok=True)
-                        old.with_suffix(".json").unlink(missing_ok=True)
+                loaded = self._load_index(collection)
+                planned = self._planned_type(row, loaded.index.ntotal)
+                retype = (_family(planned) != _family(loaded.index_type)
+                          and not loaded.index_type.startswith("Flat (until")) or (
+                    loaded.index_type.startswith("Flat (until") and loaded.index.ntotal >= _min_train(planned))
+                if retype:
+                    loaded = self._rebuild(collection, row)
+                elif not self._needs_file(collection, row):
+                    continue
+                self._write_index_file(collection, row, loaded)
+
+    def _needs_file(self, collection: str, row: sqlite3.Row) -> bool:
+        """Whether opening this collection would replay too much (or can't replay) without a new file."""
+        newest = self._saved_generations(collection, row["generation"])
+        if not newest or newest[0] < row["log_floor"]:
+            return True
+        if newest[0] == row["generation"]:
+            return False
+        try:
+            index_type = json.loads(self._index_file(collection, newest[0]).with_suffix(".json").read_text())[
+                "index_type"]
+        except (OSError, ValueError, KeyError):
+            return True
+        pending = self._db.execute(
+            "SELECT COUNT(DISTINCT image_id) FROM index_log WHERE collection=? AND generation>?",
+            (collection, newest[0])).fetchone()[0]
+        if pending and not _can_remove(index_type):
+            return True
+        return pending > max(LOG_LIMIT_MIN, LOG_LIMIT_FRACTION * self.count(collection))
+
+    def _write_index_file(self, collection: str, row: sqlite3.Row, loaded: _LoadedIndex) -> None:
+        path = self._index_file(collection, loaded.generation)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        writer = faiss.write_index_binary if row["metric"] == "hamming" else faiss.write_index
+        writer(loaded.index, str(tmp))
+        meta_tmp = tmp.with_suffix(".jsontmp")
+        meta_tmp.write_text(json.dumps({"index_type": loaded.index_type, "generation": loaded.generation,
+                                        "created": row["created"]}))
+        os.replace(meta_tmp, path.with_suffix(".json"))
+        os.replace(tmp, path)
+        with self._transaction():  # the file now covers the log up to its generation
+            self._db.execute("DELETE FROM index_log WHERE collection=? AND generation<=?",
+                             (collection, loaded.generation))
+            self._db.execute("UPDATE collections SET log_floor=MAX(log_floor, ?) WHERE name=?",
+                             (loaded.generation, collection))
+        for generation in self._saved_generations(collection, loaded.generation - 1):
+            old = self._index_file(collection, generation)  # newer files are not ours to remove
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
 
     def close(self) -> None:
         self.flush()
@@ -761,6 +874,11 @@ def _nlist(count: int) -> int:
 def _family(spec: str) -> str:
     """'IVF1024,Flat' -> 'IVF': an index keeps its list count as the collection grows."""
     return re.sub(r"\d+", "", spec.split(",")[0])
+
+
+def _can_remove(index_type: str) -> bool:
+    """HNSW graphs can't drop vectors: such an index is rebuilt rather than caught up."""
+    return "HNSW" not in index_type
 
 
 def _nprobe(nlist: int) -> int:

@@ -81,8 +81,13 @@ def test_damaged_index_file_is_rebuilt(tmp_path: Path) -> None:
     s.close()
     for f in (tmp_path / "indexes").glob("*.faiss"):
         f.write_bytes(b"garbage")
-    _, found = EmbeddedStore(tmp_path).search("c", vecs, 1)
+    repaired = EmbeddedStore(tmp_path)
+    _, found = repaired.search("c", vecs, 1)
     assert found[:, 0].tolist() == list(range(1, 9))
+    repaired.close()  # writes the rebuilt index back, so later opens don't rebuild again
+    third = EmbeddedStore(tmp_path)
+    third._rebuild = None  # type: ignore[assignment]  (calling it would fail the test)
+    assert third.search("c", vecs[:1], 1)[1][0, 0] == 1
 
 
 def test_filters(store: EmbeddedStore) -> None:
@@ -369,3 +374,56 @@ def test_a_library_from_before_the_log_rebuilds_a_stale_index_file(tmp_path: Pat
     _, found = s.search("c", vecs, 1)
     assert found[:, 0].tolist() == [1, 2, 3, 4, 5]
     assert s.index_for("c").ntotal == 5
+
+
+def test_a_write_by_a_lookalike_from_before_the_log_is_never_missed(tmp_path: Path) -> None:
+    """A process of an older version, still running after the library was migrated, writes without logging."""
+    import sqlite3
+
+    s = EmbeddedStore(tmp_path)
+    s.create_collection("c", "m", 16)
+    vecs = unit(11)
+    s.upsert("c", records(10), vecs[:10])
+    s.close()
+    reader = EmbeddedStore(tmp_path)
+    reader.search("c", vecs[:1], 1)
+    with sqlite3.connect(tmp_path / "catalog.sqlite") as db:  # what schema-3 lookalike does on upsert
+        db.execute("INSERT INTO images(collection, path, vector, added) VALUES ('c', '/old.jpg', ?, 0)",
+                   (vecs[10].tobytes(),))
+        db.execute("UPDATE collections SET generation=generation+1 WHERE name='c'")
+    assert reader.search("c", vecs[10:], 1)[1][0, 0] == 11
+    writer = EmbeddedStore(tmp_path)  # a later logged write must not hide the gap either
+    writer.upsert("c", records(1, "/new"), unit(1, seed=8))
+    writer.close()
+    fresh = EmbeddedStore(tmp_path)
+    assert fresh.index_for("c").ntotal == 12
+    assert fresh.search("c", vecs[10:], 1)[1][0, 0] == 11
+
+
+def test_a_writer_that_never_loads_the_index_still_switches_to_ivf(tmp_path: Path) -> None:
+    first = EmbeddedStore(tmp_path, exact_below=100)
+    first.create_collection("c", "m", 16)
+    first.upsert("c", records(95), unit(95))
+    first.close()
+    adder = EmbeddedStore(tmp_path, exact_below=100)  # as `lookalike add` or an ingest without refinement
+    adder.upsert("c", records(300, "/more"), unit(300, seed=2))
+    adder.close()
+    assert EmbeddedStore(tmp_path, exact_below=100).collection("c").index_type.startswith("IVF")
+
+
+def test_rewriting_the_same_rows_keeps_the_log_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from lookalike.store import embedded
+
+    monkeypatch.setattr(embedded, "LOG_LIMIT_MIN", 50)
+    s = EmbeddedStore(tmp_path)
+    s.create_collection("c", "m", 16)
+    ids = s.upsert("c", records(20), unit(20))
+    s.flush()
+    for round_ in range(30):  # e.g. refinement passes over a small collection: the same 20 ids again and again
+        s.set_augmented("c", ids, unit(20, seed=round_), [[(i, 1.0)] for i in ids])
+        s.flush()
+    with sqlite3.connect(tmp_path / "catalog.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM index_log").fetchone()[0] <= 50
+    assert (EmbeddedStore(tmp_path).search("c", unit(20, seed=29), 1)[1][:, 0] == ids).all()

@@ -34,7 +34,7 @@ from ..errors import LookalikeError, StaleWrite, UnknownCollection
 from .base import CollectionInfo, Filter, ImageRecord, Store
 
 SCHEMA_VERSION = 4
-LOG_LIMIT_MIN = 1000  # an index file is rewritten once its log names more rows than this...
+LOG_LIMIT_MIN = 1000  # an index file is rewritten once its log holds more rows than this...
 LOG_LIMIT_FRACTION = 0.05  # ...and more than this fraction of the collection
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 EXACT_FILTER_LIMIT = 4096  # filters selecting fewer rows than this are searched exactly
@@ -88,7 +88,8 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX images_pending ON images (collection, id) WHERE augmented IS NULL;
     """,
     # 4: which rows each generation changed in the index, so an older index catches up by replaying
-    # them; generations below `log_floor` are no longer logged (libraries from before the log, pruned)
+    # them; generations below `log_floor` are no longer logged (libraries from before the log, pruned),
+    # and `logged_generation` lags `generation` after a write by a lookalike that predates the log
     """
     CREATE TABLE index_log (
         collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
@@ -97,7 +98,8 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (collection, generation, image_id)
     ) WITHOUT ROWID;
     ALTER TABLE collections ADD COLUMN log_floor INTEGER NOT NULL DEFAULT 0;
-    UPDATE collections SET log_floor = generation;
+    ALTER TABLE collections ADD COLUMN logged_generation INTEGER NOT NULL DEFAULT 0;
+    UPDATE collections SET log_floor = generation, logged_generation = generation;
     """,
 ]
 
@@ -108,6 +110,7 @@ class _LoadedIndex:
     generation: int
     index_type: str
     created: float  # the collection's creation time: an index of a dropped namesake is never reused
+    on_disk: bool  # read from a file (and caught up since): that file plus the log reproduce it
 
 
 def _row_to_record(row: sqlite3.Row) -> ImageRecord:
@@ -323,14 +326,14 @@ class EmbeddedStore(Store):
                             (collection, rec.path, *values, now))
                         ids.append(int(cur.lastrowid))
                 stale = self._invalidate_neighbours(collection, changed)
-                new_gen = self._bump(collection, (set(ids) - set(untouched)) | set(stale))
+                add_ids = sorted((set(ids) - set(untouched)) | set(stale))
+                new_gen = self._bump(collection, add_ids)
+                add_vectors = self._index_vectors(collection, row, add_ids)  # before another writer can change them
             self._written.add(collection)
             for rec, new_id in zip(records, ids, strict=True):
                 rec.id = new_id
-            add_ids = sorted((set(ids) - set(untouched)) | set(stale))
             self._apply_to_index(collection, row, new_gen, remove=sorted(set(replaced) | set(stale)),
-                                 add=(np.asarray(add_ids, dtype=np.int64),
-                                      self._index_vectors(collection, row, add_ids)))
+                                 add=(np.asarray(add_ids, dtype=np.int64), add_vectors))
             return ids
 
     def _invalidate_neighbours(self, collection: str, changed: list[int]) -> list[int]:
@@ -367,11 +370,11 @@ class EmbeddedStore(Store):
                         (collection, *chunk)).rowcount
                 stale = self._invalidate_neighbours(collection, list(ids)) if removed else []
                 new_gen = self._bump(collection, set(ids) | set(stale)) if removed else None
+                stale_vectors = self._index_vectors(collection, row, stale)
             if new_gen is not None:
                 self._written.add(collection)
                 self._apply_to_index(collection, row, new_gen, remove=sorted(set(ids) | set(stale)),
-                                     add=(np.asarray(stale, dtype=np.int64),
-                                          self._index_vectors(collection, row, stale)))
+                                     add=(np.asarray(stale, dtype=np.int64), stale_vectors))
             return removed
 
     def update_metadata(self, collection: str, image_id: int, *, group_id: str | None = None,
@@ -509,9 +512,10 @@ class EmbeddedStore(Store):
                     self._db.executemany("INSERT INTO knn(image_id, neighbour, cos) VALUES (?,?,?)",
                                          [(image_id, int(n), float(c)) for n, c in lst])
                 new_gen = self._bump(collection, kept)
+                kept_vectors = self._index_vectors(collection, row, kept)
             self._written.add(collection)
             self._apply_to_index(collection, row, new_gen, remove=kept,
-                                 add=(np.asarray(kept, dtype=np.int64), self._index_vectors(collection, row, kept)))
+                                 add=(np.asarray(kept, dtype=np.int64), kept_vectors))
             return int(new_gen)
 
     def clear_augmented(self, collection: str) -> None:
@@ -539,8 +543,10 @@ class EmbeddedStore(Store):
         """Start the next generation (inside the write's transaction) and log the rows whose index entry
         it changes; None means too many to list (every row), so older indexes must be rebuilt."""
         self._db.execute("UPDATE collections SET generation=generation+1 WHERE name=?", (collection,))
-        gen = self._db.execute("SELECT generation FROM collections WHERE name=?", (collection,)).fetchone()[0]
-        if changed is None:
+        gen, logged = self._db.execute("SELECT generation, logged_generation FROM collections WHERE name=?",
+                                       (collection,)).fetchone()
+        self._db.execute("UPDATE collections SET logged_generation=? WHERE name=?", (gen, collection))
+        if changed is None or logged != gen - 1:  # (an older lookalike wrote without logging: the log has a gap)
             self._db.execute("DELETE FROM index_log WHERE collection=?", (collection,))
             self._db.execute("UPDATE collections SET log_floor=? WHERE name=?", (gen, collection))
         else:
@@ -591,36 +597,42 @@ class EmbeddedStore(Store):
                 found.append(int(generation))
         return sorted(found, reverse=True)
 
-    def _read_index_file(self, collection: str, row: sqlite3.Row, generation: int) -> _LoadedIndex | None:
-        path = self._index_file(collection, generation)
+    def _index_meta(self, collection: str, generation: int) -> dict[str, Any] | None:
         try:
-            meta = json.loads(path.with_suffix(".json").read_text())
-            if meta.get("created", row["created"]) != row["created"]:
-                return None  # left by a dropped collection of the same name
+            meta = json.loads(self._index_file(collection, generation).with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) and "index_type" in meta else None
+
+    def _read_index_file(self, collection: str, row: sqlite3.Row, generation: int) -> _LoadedIndex | None:
+        meta = self._index_meta(collection, generation)
+        if meta is None or meta.get("created", row["created"]) != row["created"]:
+            return None  # no description, or left by a dropped collection of the same name
+        try:
             reader = faiss.read_index_binary if row["metric"] == "hamming" else faiss.read_index
-            index = reader(str(path))
-        except (RuntimeError, OSError, ValueError, KeyError):
+            index = reader(str(self._index_file(collection, generation)))
+        except (RuntimeError, OSError):
             return None  # damaged, or removed meanwhile by a newer flush: the caller falls back
         if isinstance(index, faiss.IndexIDMap) and _as_ivf(_unwrap(index)) is not None:
             return None  # id map over IVF (older lookalike): removals would misnumber it
-        return _LoadedIndex(index, generation, meta["index_type"], row["created"])
+        return _LoadedIndex(index, generation, meta["index_type"], row["created"], on_disk=True)
 
     def _load_index(self, collection: str) -> _LoadedIndex:
         """The collection's index at its current generation: kept in memory, caught up from the log,
         read from the newest file (and caught up), or rebuilt from the stored vectors, cheapest first."""
         row = self._collection_row(collection)
-        gen = row["generation"]
         loaded = self._indexes.pop(collection, None)
-        if loaded is not None and loaded.created == row["created"] and (
-                loaded.generation == gen or self._catch_up(collection, row, loaded)):
+        if loaded is not None and (loaded.generation == row["generation"] and loaded.created == row["created"]
+                                   or self._catch_up(collection, loaded)):
             self._indexes[collection] = loaded
             return loaded
-        for generation in self._saved_generations(collection, gen):
-            loaded = self._read_index_file(collection, row, generation)
-            if loaded is not None and (generation == gen or self._catch_up(collection, row, loaded)):
+        saved = self._saved_generations(collection, row["generation"])
+        if saved and saved[0] >= row["log_floor"]:
+            loaded = self._read_index_file(collection, row, saved[0])
+            if loaded is not None and (saved[0] == row["generation"] or self._catch_up(collection, loaded)):
                 self._indexes[collection] = loaded
                 return loaded
-        return self._rebuild(collection, row)
+        return self._rebuild(collection)
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[None]:
@@ -634,15 +646,15 @@ class EmbeddedStore(Store):
         finally:
             self._db.execute("COMMIT")
 
-    def _catch_up(self, collection: str, row: sqlite3.Row, loaded: _LoadedIndex) -> bool:
+    def _catch_up(self, collection: str, loaded: _LoadedIndex) -> bool:
         """Bring an older index up to the current generation by replaying the logged rows: each is
         removed and, if still stored, added back with its current vector. False if it can't be."""
         if not _can_remove(loaded.index_type):
             return False
         with self._snapshot():
-            now = self._db.execute("SELECT generation, log_floor FROM collections WHERE name=?",
-                                   (collection,)).fetchone()
-            if now is None or not now["log_floor"] <= loaded.generation <= now["generation"]:
+            now = self._db.execute("SELECT * FROM collections WHERE name=?", (collection,)).fetchone()
+            if (now is None or now["created"] != loaded.created or now["logged_generation"] != now["generation"]
+                    or not now["log_floor"] <= loaded.generation <= now["generation"]):
                 return False
             ids = [r[0] for r in self._db.execute(
                 "SELECT DISTINCT image_id FROM index_log WHERE collection=? AND generation>? ORDER BY image_id",
@@ -653,23 +665,22 @@ class EmbeddedStore(Store):
                 loaded.index.remove_ids(np.asarray(ids, dtype=np.int64))
             if present:
                 keys = sorted(present)
-                loaded.index.add_with_ids(self._decode_blobs(row, [present[i] for i in keys]),
+                loaded.index.add_with_ids(self._decode_blobs(now, [present[i] for i in keys]),
                                           np.asarray(keys, dtype=np.int64))
         except RuntimeError:
             return False
         loaded.generation = now["generation"]
         return True
 
-    def _rebuild(self, collection: str, row: sqlite3.Row) -> _LoadedIndex:
+    def _rebuild(self, collection: str) -> _LoadedIndex:
         with self._snapshot():
-            generation = self._db.execute("SELECT generation FROM collections WHERE name=?",
-                                          (collection,)).fetchone()[0]
+            row = self._collection_row(collection)
             ids, vecs = self.all_vectors(collection, augmented=True)
         spec = self._planned_type(row, len(ids))
         index, index_type = self._new_index(row, spec, vecs)
         if len(ids):
             index.add_with_ids(vecs, ids)
-        loaded = _LoadedIndex(index, generation, index_type, row["created"])
+        loaded = _LoadedIndex(index, row["generation"], index_type, row["created"], on_disk=False)
         self._indexes[collection] = loaded
         return loaded
 
@@ -759,11 +770,11 @@ class EmbeddedStore(Store):
         return np.where(ids >= 0, scores, -np.inf).astype(np.float32)
 
     def flush(self) -> None:
-        """Make what this process wrote cheap to open: write an index file (atomically, named after its
-        generation, older files dropped, the log up to it pruned) when the log since the newest file
-        has grown past LOG_LIMIT_*, when there is no usable file, or when the index type must change
-        (the exact/approximate threshold was crossed). Otherwise the file plus the log already are
-        the index, and a small write costs nothing here."""
+        """Make what this process wrote cheap to open. A new index file is written (atomically, named
+        after its generation; older files dropped, the log up to it pruned) when there is no usable
+        file, when the index was rebuilt, when the log since the file has grown past LOG_LIMIT_*, or
+        when the index type must change (the exact/approximate threshold was crossed). Otherwise the
+        file plus the log already are the index, and a small write costs nothing here."""
         with self._lock:
             candidates = sorted(self._written | set(self._indexes))
             self._written.clear()
@@ -772,54 +783,54 @@ class EmbeddedStore(Store):
                 if row is None:
                     continue
                 loaded = self._indexes.get(collection)
-                stale = loaded is None or loaded.generation != row["generation"]
-                if stale and not self._needs_file(collection, row):
-                    continue
-                loaded = self._load_index(collection)
-                planned = self._planned_type(row, loaded.index.ntotal)
-                retype = (_family(planned) != _family(loaded.index_type)
-                          and not loaded.index_type.startswith("Flat (until")) or (
-                    loaded.index_type.startswith("Flat (until") and loaded.index.ntotal >= _min_train(planned))
-                if retype:
-                    loaded = self._rebuild(collection, row)
+                current = (loaded is not None and loaded.generation == row["generation"]
+                           and loaded.created == row["created"])
+                if current and not loaded.on_disk:
+                    pass  # rebuilt here: the disk has nothing this good
                 elif not self._needs_file(collection, row):
                     continue
-                self._write_index_file(collection, row, loaded)
+                loaded = self._load_index(collection)
+                if _must_retype(loaded.index_type, self._planned_type(row, loaded.index.ntotal), loaded.index.ntotal):
+                    loaded = self._rebuild(collection)
+                self._write_index_file(collection, loaded)
 
     def _needs_file(self, collection: str, row: sqlite3.Row) -> bool:
-        """Whether opening this collection would replay too much (or can't replay) without a new file."""
-        newest = self._saved_generations(collection, row["generation"])
-        if not newest or newest[0] < row["log_floor"]:
+        """Whether opening this collection would replay too much, or can't use its newest file as is."""
+        saved = self._saved_generations(collection, row["generation"])
+        if not saved or saved[0] < row["log_floor"] or row["logged_generation"] != row["generation"]:
             return True
-        if newest[0] == row["generation"]:
-            return False
-        try:
-            index_type = json.loads(self._index_file(collection, newest[0]).with_suffix(".json").read_text())[
-                "index_type"]
-        except (OSError, ValueError, KeyError):
+        meta = self._index_meta(collection, saved[0])
+        if meta is None or meta.get("created", row["created"]) != row["created"]:
             return True
-        pending = self._db.execute(
-            "SELECT COUNT(DISTINCT image_id) FROM index_log WHERE collection=? AND generation>?",
-            (collection, newest[0])).fetchone()[0]
-        if pending and not _can_remove(index_type):
+        count = self.count(collection)
+        if _must_retype(meta["index_type"], self._planned_type(row, count), count):
             return True
-        return pending > max(LOG_LIMIT_MIN, LOG_LIMIT_FRACTION * self.count(collection))
+        logged = self._db.execute("SELECT COUNT(*) FROM index_log WHERE collection=? AND generation>?",
+                                  (collection, saved[0])).fetchone()[0]
+        if logged and not _can_remove(meta["index_type"]):
+            return True
+        return logged > max(LOG_LIMIT_MIN, LOG_LIMIT_FRACTION * count)
 
-    def _write_index_file(self, collection: str, row: sqlite3.Row, loaded: _LoadedIndex) -> None:
+    def _write_index_file(self, collection: str, loaded: _LoadedIndex) -> None:
         path = self._index_file(collection, loaded.generation)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        writer = faiss.write_index_binary if row["metric"] == "hamming" else faiss.write_index
-        writer(loaded.index, str(tmp))
-        meta_tmp = tmp.with_suffix(".jsontmp")
+        tag = f"{os.getpid()}-{threading.get_ident()}"  # unique per writer: peers may write the same generation
+        tmp = path.with_name(f"{path.name}.tmp{tag}")
+        meta_tmp = path.with_name(f"{path.stem}.json.tmp{tag}")
+        binary = isinstance(loaded.index, faiss.IndexBinary)
+        (faiss.write_index_binary if binary else faiss.write_index)(loaded.index, str(tmp))
         meta_tmp.write_text(json.dumps({"index_type": loaded.index_type, "generation": loaded.generation,
-                                        "created": row["created"]}))
-        os.replace(meta_tmp, path.with_suffix(".json"))
+                                        "created": loaded.created}))
         os.replace(tmp, path)
+        os.replace(meta_tmp, path.with_suffix(".json"))
+        loaded.on_disk = True
         with self._transaction():  # the file now covers the log up to its generation
-            self._db.execute("DELETE FROM index_log WHERE collection=? AND generation<=?",
-                             (collection, loaded.generation))
-            self._db.execute("UPDATE collections SET log_floor=MAX(log_floor, ?) WHERE name=?",
-                             (loaded.generation, collection))
+            self._db.execute(
+                "UPDATE collections SET log_floor=MAX(log_floor, ?), logged_generation=CASE WHEN generation=? "
+                "THEN generation ELSE logged_generation END WHERE name=? AND created=?",
+                (loaded.generation, loaded.generation, collection, loaded.created))
+            if self._db.execute("SELECT changes()").fetchone()[0]:  # not a namesake created meanwhile
+                self._db.execute("DELETE FROM index_log WHERE collection=? AND generation<=?",
+                                 (collection, loaded.generation))
         for generation in self._saved_generations(collection, loaded.generation - 1):
             old = self._index_file(collection, generation)  # newer files are not ours to remove
             old.unlink(missing_ok=True)
@@ -877,8 +888,16 @@ def _family(spec: str) -> str:
 
 
 def _can_remove(index_type: str) -> bool:
-    """HNSW graphs can't drop vectors: such an index is rebuilt rather than caught up."""
-    return "HNSW" not in index_type
+    """HNSW graphs can't drop vectors: such an index is rebuilt rather than caught up (a placeholder
+    'Flat (until ... for HNSW...)' is a plain Flat index and can)."""
+    return index_type.startswith("Flat") or "HNSW" not in index_type
+
+
+def _must_retype(index_type: str, planned: str, count: int) -> bool:
+    """The collection crossed the exact/approximate threshold, or a placeholder can now be trained."""
+    if index_type.startswith("Flat (until"):
+        return count >= _min_train(planned)
+    return _family(planned) != _family(index_type)
 
 
 def _nprobe(nlist: int) -> int:

@@ -9,17 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookalike import Library
+from lookalike import Library, refine
 from lookalike.refine import RefineParams
+from lookalike.store import EmbeddedStore, ImageRecord
 
 from .conftest import FLOWERS, copy_photos, ukbench_images
 
 MODEL = "mobilenet-v3-small"  # the fastest real model: these tests are about the bookkeeping
 
 
-def from_scratch(lib: Library, collection: str, k: int = 4, power: float = 3.0) -> dict[int, np.ndarray]:
+def from_scratch(lib: Library | EmbeddedStore, collection: str, k: int = 4, power: float = 3.0
+                 ) -> dict[int, np.ndarray]:
     """Independent reference: brute-force top-k over every stored vector, weights cos^power."""
-    ids, raw = lib.store.all_vectors(collection)
+    ids, raw = (lib.store if isinstance(lib, Library) else lib).all_vectors(collection)
     sims = raw @ raw.T
     out: dict[int, np.ndarray] = {}
     for row, image_id in enumerate(ids):
@@ -29,11 +31,12 @@ def from_scratch(lib: Library, collection: str, k: int = 4, power: float = 3.0) 
     return out
 
 
-def assert_matches_scratch(lib: Library, collection: str) -> None:
-    assert lib.store.pending(collection) == []
-    expected = from_scratch(lib, collection)
+def assert_matches_scratch(lib: Library | EmbeddedStore, collection: str) -> None:
+    store = lib.store if isinstance(lib, Library) else lib
+    assert store.pending(collection) == []
+    expected = from_scratch(store, collection)
     ids = sorted(expected)
-    got = lib.store.index_vectors(collection, ids)
+    got = store.index_vectors(collection, ids)
     cos = np.einsum("ij,ij->i", got, np.stack([expected[i] for i in ids]))
     assert cos.min() > 1 - 1e-5, f"{int((cos < 1 - 1e-5).sum())} rows differ from a full recomputation"
 
@@ -43,7 +46,11 @@ def photos(tmp_path: Path) -> Path:
     return copy_photos(tmp_path / "photos", 80)
 
 
-def test_incremental_dba_equals_full_recompute_after_add_replace_remove(home: Path, photos: Path) -> None:
+@pytest.mark.parametrize("bulk", [False, True], ids=["per-row", "bulk"])
+def test_incremental_dba_equals_full_recompute_after_add_replace_remove(
+        home: Path, photos: Path, bulk: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if bulk:  # the in-memory pass for many pending rows (first index, re-index of many files)
+        monkeypatch.setattr(refine, "BULK_MIN", 2)
     with Library.open(home) as lib:
         later = sorted(photos.glob("*.jpg"))[60:]
         hold = photos.parent / "later"
@@ -124,11 +131,27 @@ def test_refinement_can_be_turned_off_and_on(home: Path, photos: Path) -> None:
 
 
 @pytest.mark.slow
-def test_refinement_beats_plain_search_on_flowers(home: Path, figures: dict[str, str]) -> None:
+def test_refinement_beats_plain_search_on_flowers(home: Path, figures: dict[str, str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """No labels are used: the gain is measured against the class folders only after the fact."""
     with Library.open(home) as lib:
         lib.index([FLOWERS], "fl")
         paths = sorted(FLOWERS.glob("*/*.jpg"))[::4]
+
+        # the bulk pass with candidates from a PCA-256 projection (as above 4000 images), and from an
+        # inverted file over it (above 50k), against the exact per-row path that indexed these
+        ids = lib.store.find_ids("fl")
+        per_row = lib.store.index_vectors("fl", ids)
+        monkeypatch.setattr(refine, "BULK_MIN", 1)
+        monkeypatch.setattr(refine, "EXACT_ALL_PAIRS", 0)
+        assert refine._candidates(lib.store.all_vectors("fl")[1], 32, 4, None) is not None  # the projection is used
+        for approximate_above, floor in ((0, 0.97), (10**9, 0.999)):  # the exact-enough one last
+            monkeypatch.setattr(refine, "APPROXIMATE_ABOVE", approximate_above)
+            lib.set_refinement("fl")
+            agree = np.einsum("ij,ij->i", per_row, lib.store.index_vectors("fl", ids)) > 1 - 1e-5
+            kind = "PCA-256" if approximate_above else "PCA-256 inverted file"
+            figures[f"bulk DBA, {kind} candidates: rows equal to the exact per-row path"] = f"{agree.mean():.4f}"
+            assert agree.mean() >= floor
 
         def map_at_10(expand: bool) -> float:
             aps = []
@@ -177,3 +200,21 @@ def test_a_write_by_another_process_during_refresh_is_not_lost(home: Path, photo
         assert len(calls) >= 2, "the stale write was refused and redone"
         assert ids[0] not in lib.store.find_ids("c")
         assert_matches_scratch(lib, "c")
+
+
+def test_bulk_refinement_falls_back_to_the_index_where_a_projection_would_miss_neighbours(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vectors of high intrinsic dimension (500 unrelated directions in 512-d) lose their neighbours in
+    a 256-d PCA projection: the sampled self-check must notice and the result must still be exact."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(500, 512))
+    x = centres[rng.integers(0, 500, 1500)] + 0.6 * rng.normal(size=(1500, 512))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    monkeypatch.setattr(refine, "EXACT_ALL_PAIRS", 0)
+    monkeypatch.setattr(refine, "BULK_MIN", 1)
+    assert refine._candidates(x, 32, 4, None) is None
+    store = EmbeddedStore(tmp_path)
+    store.create_collection("s", "synthetic", 512, settings=RefineParams().to_settings())
+    store.upsert("s", [ImageRecord(path=f"/s/{i}.jpg") for i in range(len(x))], x)
+    assert refine.refresh(store, "s") == 1500
+    assert_matches_scratch(store, "s")

@@ -144,7 +144,7 @@ def test_refinement_beats_plain_search_on_flowers(home: Path, figures: dict[str,
         per_row = lib.store.index_vectors("fl", ids)
         monkeypatch.setattr(refine, "BULK_MIN", 1)
         monkeypatch.setattr(refine, "EXACT_ALL_PAIRS", 0)
-        assert refine._candidates(lib.store.all_vectors("fl")[1], 32, 4, None) is not None  # the projection is used
+        assert refine._candidates(lib.store.all_vectors("fl")[1], 4, None) is not None  # the projection is used
         for approximate_above, floor in ((0, 0.97), (10**9, 0.999)):  # the exact-enough one last
             monkeypatch.setattr(refine, "APPROXIMATE_ABOVE", approximate_above)
             lib.set_refinement("fl")
@@ -204,17 +204,81 @@ def test_a_write_by_another_process_during_refresh_is_not_lost(home: Path, photo
 
 def test_bulk_refinement_falls_back_to_the_index_where_a_projection_would_miss_neighbours(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Vectors of high intrinsic dimension (500 unrelated directions in 512-d) lose their neighbours in
+    """Vectors of high intrinsic dimension (1000 unrelated directions in 768-d) lose their neighbours in
     a 256-d PCA projection: the sampled self-check must notice and the result must still be exact."""
     rng = np.random.default_rng(0)
-    centres = rng.normal(size=(500, 512))
-    x = centres[rng.integers(0, 500, 1500)] + 0.6 * rng.normal(size=(1500, 512))
+    centres = rng.normal(size=(1000, 768))
+    x = centres[rng.integers(0, 1000, 3000)] + 0.6 * rng.normal(size=(3000, 768))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     monkeypatch.setattr(refine, "EXACT_ALL_PAIRS", 0)
     monkeypatch.setattr(refine, "BULK_MIN", 1)
-    assert refine._candidates(x, 32, 4, None) is None
+    assert refine._candidates(x, 4, None) is None
     store = EmbeddedStore(tmp_path)
-    store.create_collection("s", "synthetic", 512, settings=RefineParams().to_settings())
+    store.create_collection("s", "synthetic", 768, settings=RefineParams().to_settings())
     store.upsert("s", [ImageRecord(path=f"/s/{i}.jpg") for i in range(len(x))], x)
-    assert refine.refresh(store, "s") == 1500
+    assert refine.refresh(store, "s") == 3000
+    assert_matches_scratch(store, "s")
+
+
+def grouped(groups: int, size: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(groups, dim))
+    x = centres[np.repeat(np.arange(groups), size)] + 0.5 * rng.normal(size=(groups * size, dim))
+    return rng.permutation((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
+
+
+def rows_off_scratch(store: EmbeddedStore, collection: str) -> int:
+    expected = from_scratch(store, collection)
+    ids = sorted(expected)
+    got = store.index_vectors(collection, ids)
+    return int((np.einsum("ij,ij->i", got, np.stack([expected[i] for i in ids])) < 1 - 1e-5).sum())
+
+
+def test_bulk_pass_offers_new_rows_to_stored_rows_at_least_as_the_per_row_path_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Groups larger than the candidate depth: the index holds stored rows' augmented vectors, which
+    outrank new rows' plain ones, so offers must also come from the new rows' side."""
+    x = grouped(60, 50, 128)
+    monkeypatch.setattr(refine, "BULK_MIN_FRACTION", 0.0)
+    off = {}
+    for bulk in (False, True):
+        store = EmbeddedStore(tmp_path / str(bulk))
+        store.create_collection("s", "synthetic", 128, settings=RefineParams().to_settings())
+        store.upsert("s", [ImageRecord(path=f"/s/{i}.jpg") for i in range(2400)], x[:2400])
+        monkeypatch.setattr(refine, "BULK_MIN", 10**9)
+        refine.refresh(store, "s")
+        store.upsert("s", [ImageRecord(path=f"/n/{i}.jpg") for i in range(600)], x[2400:])
+        monkeypatch.setattr(refine, "BULK_MIN", 1 if bulk else 10**9)
+        monkeypatch.setattr(refine, "_candidates", lambda *_: None)  # candidates from the index, as per-row
+        assert refine.refresh(store, "s") == 600
+        monkeypatch.undo()
+        monkeypatch.setattr(refine, "BULK_MIN_FRACTION", 0.0)
+        off[bulk] = rows_off_scratch(store, "s")
+    assert off[True] <= off[False]
+
+
+def test_a_bulk_pass_interrupted_by_another_writer_loses_no_update(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    x = grouped(90, 30, 64, seed=1)
+    store = EmbeddedStore(tmp_path)
+    store.create_collection("s", "synthetic", 64, settings=RefineParams().to_settings())
+    store.upsert("s", [ImageRecord(path=f"/s/{i}.jpg") for i in range(1200)], x[:1200])
+    refine.refresh(store, "s")
+    store.upsert("s", [ImageRecord(path=f"/n/{i}.jpg") for i in range(1499)], x[1200:2699])
+    monkeypatch.setattr(refine, "BULK_MIN", 1)
+    monkeypatch.setattr(refine, "CHUNK", 256)
+    other = EmbeddedStore(tmp_path)
+    real = store.set_augmented
+    calls = []
+
+    def interrupted(*args: object, **kwargs: object) -> int:
+        calls.append(1)
+        if len(calls) == 3:  # another process adds a picture between two of this pass's writes
+            other.upsert("s", [ImageRecord(path="/late.jpg")], x[2699:2700])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "set_augmented", interrupted)
+    refine.refresh(store, "s")
+    refine.refresh(store, "s")  # the late row itself, as the other writer's own refresh would
+    assert store.count("s") == 2700
     assert_matches_scratch(store, "s")

@@ -26,16 +26,18 @@ import faiss
 import numpy as np
 
 from .embed.base import l2_normalise
-from .errors import StaleWrite
+from .errors import LookalikeError, StaleWrite
 from .store import CollectionInfo, Filter, Store
 
 CANDIDATES = 32  # neighbours fetched from the index per pending row before exact re-scoring
 CHUNK = 1024  # pending rows refined per store transaction
-BULK_MIN = 2000  # pending rows from which one in-memory pass over all vectors beats per-row searches
-BULK_MAX_BYTES = 2 << 30  # ...as long as all the plain vectors fit in this much memory
+BULK_MIN = 2000  # pending rows from which one in-memory pass over all vectors beats per-row searches...
+BULK_MIN_FRACTION = 0.2  # ...if they are also this share of the collection (else the pass costs more)...
+BULK_MAX_BYTES = 1 << 30  # ...and the plain vectors fit in this much memory (the pass peaks near 4x it)
 EXACT_ALL_PAIRS = 4000  # up to this many rows, candidates come from exact all-pairs products
 APPROXIMATE_ABOVE = 50_000  # above this many rows, candidates come from an inverted file (see _candidates)
-CANDIDATE_RECALL = 0.98  # share of sampled rows whose true top-k a projection must keep among the candidates
+CANDIDATE_RECALL = 0.995  # share of sampled rows whose true top-k a projection must keep among its candidates
+PROJECTED_CANDIDATES = 64  # candidates per row from the projection (more than from the index: it is coarser)
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,13 @@ def _refresh_once(store: Store, collection: str, progress: Callable[[int, int], 
     if not pending:
         return 0
     count = store.count(collection)
-    if len(pending) >= BULK_MIN and count * store.vectors(collection, pending[:1]).shape[1] * 4 <= BULK_MAX_BYTES:
-        return _refresh_bulk(store, collection, params, generation, set(pending), progress)
+    if len(pending) >= max(BULK_MIN, BULK_MIN_FRACTION * count):
+        try:
+            fits = count * store.vectors(collection, pending[:1]).shape[1] * 4 <= BULK_MAX_BYTES
+        except LookalikeError:  # removed meanwhile by another writer: the write below will notice
+            fits = False
+        if fits:
+            return _refresh_bulk(store, collection, params, generation, set(pending), progress)
     k = params.dba_k
     still_pending = set(pending)
     depth = min(max(CANDIDATES, 2 * k), store.count(collection))
@@ -123,7 +130,9 @@ def _refresh_once(store: Store, collection: str, progress: Callable[[int, int], 
             better = [(i, c) for i, c in offers if c > kth and i not in listed]
             if better:
                 lists[other] = sorted(old + better, key=lambda p: (p[0] != other, -p[1]))[:k]
-    targets = list(lists)
+    # stored rows first: if another writer interrupts, the pending rows not yet written are still
+    # pending on the retry, and recompute what they offer to stored rows (written rows already did)
+    targets = sorted(lists, key=lambda t: t in still_pending)
     for start in range(0, len(targets), CHUNK):
         chunk = targets[start:start + CHUNK]
         needed = sorted({n for t in chunk for n, _ in lists[t]})
@@ -139,17 +148,18 @@ def _refresh_once(store: Store, collection: str, progress: Callable[[int, int], 
 
 def _refresh_bulk(store: Store, collection: str, params: RefineParams, generation: int, pending: set[int],
                   progress: Callable[[int, int], None] | None) -> int:
-    """The same result as the per-row path for many pending rows, from one read of all plain vectors.
+    """The per-row path's result for many pending rows, from one read of all plain vectors.
 
-    Pending rows get their top-k (themselves first) from scratch, in numpy; a stored row's list
-    changes only where a pending row beats its k-th neighbour, exactly as in the per-row path (an
-    approximate candidate list never replaces a stored list wholesale)."""
+    Pending rows get their top-k (themselves first) in numpy. A stored row's list changes only where a
+    pending row beats its k-th neighbour, as in the per-row path; the offers come from the pending
+    rows' candidates (as there) and from the stored row's own, so none of the per-row path's is missed.
+    """
     ids, raw = store.all_vectors(collection)
     n = len(ids)
     k = min(params.dba_k, n)
-    depth = min(max(CANDIDATES, 2 * k), n)
-    candidates = _candidates(raw, depth, k, progress)
+    candidates = _candidates(raw, k, progress)
     if candidates is None:  # the store's own index, as the per-row path uses (its ids are sorted: rows by search)
+        depth = min(max(CANDIDATES, 2 * k), n)
         candidates = np.empty((n, depth), dtype=np.int64)
         for start in range(0, n, CHUNK):
             _, found = store.search(collection, raw[start:start + CHUNK], depth)
@@ -158,36 +168,51 @@ def _refresh_bulk(store: Store, collection: str, params: RefineParams, generatio
             if progress:
                 progress(min(start + CHUNK, n), n)
     is_pending = np.isin(ids, np.fromiter(pending, dtype=np.int64, count=len(pending)))
-    stored_rows = np.flatnonzero(~is_pending)
-    current = store.neighbour_lists(collection, ids[stored_rows].tolist()) if len(stored_rows) else {}
     neighbours = np.empty((n, k), dtype=np.int64)  # row numbers, the row itself first
     cosines = np.empty((n, k), dtype=np.float32)
-    changed: dict[int, list[tuple[int, float]]] = {}  # stored rows that a pending row enters
+    offers: dict[int, dict[int, float]] = {}  # stored row -> {pending row: cosine}
     for start in range(0, n, CHUNK):
         rows = np.arange(start, min(start + CHUNK, n))
         cand = candidates[rows]
         usable = (cand >= 0) & (cand != rows[:, None])  # -1: fewer hits than asked; self is added below
         cand = np.where(cand >= 0, cand, rows[:, None])
         sims = np.where(usable, (raw[cand] @ raw[rows][:, :, None])[:, :, 0], -np.inf)
+        # pending row -> stored candidate, and stored row -> pending candidate: both are offers
+        pair = usable & (is_pending[rows][:, None] != is_pending[cand])
+        for i, j in zip(*np.nonzero(pair), strict=True):
+            a, b, cos = int(rows[i]), int(cand[i, j]), float(sims[i, j])
+            stored, new = (b, a) if is_pending[a] else (a, b)
+            offers.setdefault(stored, {})[new] = cos
         cand = np.concatenate([rows[:, None], cand], axis=1)
         sims = np.concatenate([np.full((len(rows), 1), np.inf, np.float32), sims], axis=1)
         order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         neighbours[rows] = np.take_along_axis(cand, order, axis=1)
         cosines[rows] = np.take_along_axis(sims, order, axis=1)
         cosines[rows, 0] = 1.0
-        offers = (is_pending[cand] & np.isfinite(sims)).any(axis=1)  # stored rows a pending row may enter
-        for n_row in np.flatnonzero(~is_pending[rows] & offers).tolist():
-            image_id = int(ids[rows[n_row]])
-            old = current.get(image_id)
-            if old is None:
-                continue  # pending in another writer's view; it will be refreshed there
-            kth = old[-1][1] if len(old) >= k else -np.inf
-            listed = {i for i, _ in old}
-            better = [(int(ids[c]), float(cos)) for c, cos in zip(cand[n_row], sims[n_row], strict=True)
-                      if cos > kth and np.isfinite(cos) and is_pending[c] and int(ids[c]) not in listed]
-            if better:
-                changed[image_id] = sorted(old + better, key=lambda p: (p[0] != image_id, -p[1]))[:k]
+    current = store.neighbour_lists(collection, [int(ids[r]) for r in offers])
+    changed: dict[int, list[tuple[int, float]]] = {}
+    for row, offered in offers.items():
+        image_id = int(ids[row])
+        old = current.get(image_id)
+        if old is None:
+            continue  # pending in another writer's view; it will be refreshed there
+        kth = old[-1][1] if len(old) >= k else -np.inf
+        listed = {i for i, _ in old}
+        better = [(int(ids[r]), c) for r, c in offered.items() if c > kth and int(ids[r]) not in listed]
+        if better:
+            changed[image_id] = sorted(old + better, key=lambda p: (p[0] != image_id, -p[1]))[:k]
+    # stored rows first: if another writer interrupts, the pending rows not yet written are still
+    # pending on the retry, and recompute what they offer to stored rows
     position = {int(i): row for row, i in enumerate(ids.tolist())}
+    targets = list(changed)
+    for start in range(0, len(targets), CHUNK):
+        chunk = targets[start:start + CHUNK]
+        augmented = np.stack([
+            _augment(raw[[position[i] for i, _ in changed[t]]],
+                     np.asarray([c for _, c in changed[t]], dtype=np.float32), params.dba_power)
+            for t in chunk])
+        generation = store.set_augmented(collection, chunk, augmented, [changed[t] for t in chunk],
+                                         if_generation=generation)
     pending_rows = np.flatnonzero(is_pending)
     weights = np.clip(cosines, 0.0, None) ** params.dba_power
     weights[~np.isfinite(cosines)] = 0.0  # (a row with fewer than k neighbours)
@@ -198,30 +223,22 @@ def _refresh_bulk(store: Store, collection: str, params: RefineParams, generatio
                  for r in rows.tolist()]
         generation = store.set_augmented(collection, ids[rows].tolist(), augmented, lists,
                                          if_generation=generation)
-    targets = list(changed)
-    for start in range(0, len(targets), CHUNK):
-        chunk = targets[start:start + CHUNK]
-        augmented = np.stack([
-            _augment(raw[[position[i] for i, _ in changed[t]]],
-                     np.asarray([c for _, c in changed[t]], dtype=np.float32), params.dba_power)
-            for t in chunk])
-        generation = store.set_augmented(collection, chunk, augmented, [changed[t] for t in chunk],
-                                         if_generation=generation)
     return len(pending)
 
 
-def _candidates(raw: np.ndarray, depth: int, k: int, progress: Callable[[int, int], None] | None
-                ) -> np.ndarray | None:
+def _candidates(raw: np.ndarray, k: int, progress: Callable[[int, int], None] | None) -> np.ndarray | None:
     """(N, depth) row numbers of each row's likely nearest neighbours, for exact re-scoring; None when
     a cheap projection would miss neighbours on these vectors (the caller then uses the store's index).
 
     Exact up to EXACT_ALL_PAIRS rows. Above, the rows are projected to 256-d by PCA and compared by L2,
     which for unit vectors ranks as cosine does and which PCA's centring leaves intact: 9x less work
     than the full vectors (above APPROXIMATE_ABOVE rows, where the store's index is approximate too,
-    through an inverted file). Image embeddings keep their neighbours under such a projection (every
-    true top-4 on both shared sets), but vectors of high intrinsic dimension need not, so the result is
-    checked against exact search on a sample of rows and refused below CANDIDATE_RECALL."""
+    through an inverted file), re-scored from PROJECTED_CANDIDATES per row. Image embeddings keep their
+    neighbours under such a projection (every true top-4 on both shared sets), but vectors of high
+    intrinsic dimension need not, so the result is checked against exact search on 400 sampled rows
+    and refused if fewer than CANDIDATE_RECALL of them keep their whole true top-k."""
     n, dim = raw.shape
+    depth = min(max(CANDIDATES if n <= EXACT_ALL_PAIRS else PROJECTED_CANDIDATES, 2 * k), n)
     out = np.empty((n, depth), dtype=np.int64)
     if n <= EXACT_ALL_PAIRS:
         for start in range(0, n, CHUNK):
@@ -252,7 +269,7 @@ def _candidates(raw: np.ndarray, depth: int, k: int, progress: Callable[[int, in
         index.train(low[rng.choice(n, min(n, 39 * nlist), replace=False)])
         index.nprobe = max(8, nlist // 32)  # the store's own index probes as many
     index.add(low)
-    probe = rng.choice(n, min(n, 200), replace=False)
+    probe = rng.choice(n, min(n, 400), replace=False)
     truth = np.argpartition(-(raw[probe] @ raw.T), k - 1, axis=1)[:, :k]
     _, found = index.search(low[probe], depth)
     kept = np.mean([set(t.tolist()) <= set(f.tolist()) | {int(r)} for t, f, r in zip(truth, found, probe, strict=True)])

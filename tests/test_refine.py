@@ -49,8 +49,9 @@ def photos(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("bulk", [False, True], ids=["per-row", "bulk"])
 def test_incremental_dba_equals_full_recompute_after_add_replace_remove(
         home: Path, photos: Path, bulk: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    if bulk:  # the in-memory pass for many pending rows (first index, re-index of many files)
+    if bulk:  # the in-memory pass for many pending rows (first index, re-index of many files), for every step
         monkeypatch.setattr(refine, "BULK_MIN", 2)
+        monkeypatch.setattr(refine, "BULK_MIN_FRACTION", 0.0)
     with Library.open(home) as lib:
         later = sorted(photos.glob("*.jpg"))[60:]
         hold = photos.parent / "later"

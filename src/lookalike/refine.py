@@ -99,7 +99,7 @@ def _refresh_once(store: Store, collection: str, progress: Callable[[int, int], 
             return _refresh_bulk(store, collection, params, generation, set(pending), progress)
     k = params.dba_k
     still_pending = set(pending)
-    depth = min(max(CANDIDATES, 2 * k), store.count(collection))
+    depth = min(max(CANDIDATES, 2 * k), count)
     lists: dict[int, list[tuple[int, float]]] = {}
     joins: dict[int, list[tuple[int, float]]] = {}  # stored row -> pending rows that may enter its top-k
     for start in range(0, len(pending), CHUNK):

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from search_latency import clustered  # bench/ is on sys.path when a bench script runs
+from search_latency import clustered, upsert_all  # bench/ is on sys.path when a bench script runs
 
 from lookalike import refine
 from lookalike.refine import RefineParams
-from lookalike.store import EmbeddedStore, ImageRecord
+from lookalike.store import EmbeddedStore
 
 
 def image_like(n: int, dim: int, seed: int) -> np.ndarray:
@@ -39,9 +39,7 @@ def dba_pass(home: Path, vecs: np.ndarray, bulk: bool) -> tuple[float, np.ndarra
     refine.BULK_MIN = 2000 if bulk else 10**12
     store = EmbeddedStore(home)
     store.create_collection("c", "synthetic", vecs.shape[1], settings=RefineParams().to_settings())
-    for i in range(0, len(vecs), 5000):
-        chunk = vecs[i:i + 5000]
-        store.upsert("c", [ImageRecord(path=f"/s/{i + j}.jpg") for j in range(len(chunk))], chunk)
+    upsert_all(store, "c", vecs, prefix="/s")
     store.flush()
     start = time.perf_counter()
     refine.refresh(store, "c")

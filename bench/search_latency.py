@@ -21,7 +21,7 @@ import numpy as np
 
 from lookalike import Library, refine
 from lookalike.refine import RefineParams
-from lookalike.store import ImageRecord
+from lookalike.store import ImageRecord, Store
 
 
 def clustered(n: int, dim: int, seed: int) -> np.ndarray:
@@ -31,14 +31,19 @@ def clustered(n: int, dim: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def upsert_all(store: Store, name: str, vecs: np.ndarray, prefix: str = "/synthetic") -> None:
+    """Store synthetic vectors as rows `<prefix>/<n>.jpg`, 5000 per transaction (as an index run commits)."""
+    for i in range(0, len(vecs), 5000):
+        chunk = vecs[i:i + 5000]
+        store.upsert(name, [ImageRecord(path=f"{prefix}/{i + j}.jpg") for j in range(len(chunk))], chunk)
+
+
 def fill(lib: Library, name: str, spec: str, vecs: np.ndarray, refined: bool) -> tuple[float, float]:
     """(seconds to store + index the vectors, seconds of the one-off DBA pass)."""
     settings = RefineParams().to_settings() if refined else {}
     lib.store.create_collection(name, "synthetic", vecs.shape[1], index_spec=spec, settings=settings)
     start = time.perf_counter()
-    for i in range(0, len(vecs), 5000):
-        chunk = vecs[i:i + 5000]
-        lib.store.upsert(name, [ImageRecord(path=f"/synthetic/{i + j}.jpg") for j in range(len(chunk))], chunk)
+    upsert_all(lib.store, name, vecs)
     lib.store.index_for(name)
     lib.store.flush()
     stored = time.perf_counter() - start

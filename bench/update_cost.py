@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from search_latency import clustered  # bench/ is on sys.path when a bench script runs
+from search_latency import clustered, upsert_all  # bench/ is on sys.path when a bench script runs
 
 from lookalike.store import EmbeddedStore, ImageRecord
 
@@ -47,9 +47,7 @@ def main() -> None:
         writer = EmbeddedStore(home)
         writer.create_collection("c", "synthetic", args.dim)
         start = time.perf_counter()
-        for i in range(0, args.n, 5000):
-            chunk = vecs[i:min(i + 5000, args.n)]
-            writer.upsert("c", [ImageRecord(path=f"/s/{i + j}.jpg") for j in range(len(chunk))], chunk)
+        upsert_all(writer, "c", vecs[:args.n], prefix="/s")
         writer.flush()
         fill = time.perf_counter() - start
         reader = EmbeddedStore(home)

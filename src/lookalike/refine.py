@@ -122,14 +122,9 @@ def _refresh_once(store: Store, collection: str, progress: Callable[[int, int], 
     if joins:
         current = store.neighbour_lists(collection, list(joins))
         for other, offers in joins.items():
-            old = current.get(other)
-            if old is None:
-                continue  # pending in another writer's view; it will be refreshed there
-            kth = old[-1][1] if len(old) >= k else -np.inf
-            listed = {n for n, _ in old}
-            better = [(i, c) for i, c in offers if c > kth and i not in listed]
-            if better:
-                lists[other] = sorted(old + better, key=lambda p: (p[0] != other, -p[1]))[:k]
+            merged = _merge_offers(other, current.get(other), offers, k)
+            if merged is not None:
+                lists[other] = merged
     # stored rows first: if another writer interrupts, the pending rows not yet written are still
     # pending on the retry, and recompute what they offer to stored rows (written rows already did)
     targets = sorted(lists, key=lambda t: t in still_pending)
@@ -144,6 +139,22 @@ def _refresh_once(store: Store, collection: str, progress: Callable[[int, int], 
         generation = store.set_augmented(collection, chunk, augmented, [lists[t] for t in chunk],
                                          if_generation=generation)
     return len(pending)
+
+
+def _merge_offers(image_id: int, old: list[tuple[int, float]] | None, offers: list[tuple[int, float]],
+                  k: int) -> list[tuple[int, float]] | None:
+    """A stored row's new top-k (itself first) once pending rows offer themselves, or None if unchanged.
+
+    Only offers that beat the row's k-th neighbour count; a row with no stored list (None) is pending
+    in another writer's view and will be refreshed there."""
+    if old is None:
+        return None
+    kth = old[-1][1] if len(old) >= k else -np.inf
+    listed = {i for i, _ in old}
+    better = [(i, c) for i, c in offers if c > kth and i not in listed]
+    if not better:
+        return None
+    return sorted(old + better, key=lambda p: (p[0] != image_id, -p[1]))[:k]
 
 
 def _refresh_bulk(store: Store, collection: str, params: RefineParams, generation: int, pending: set[int],
@@ -193,14 +204,9 @@ def _refresh_bulk(store: Store, collection: str, params: RefineParams, generatio
     changed: dict[int, list[tuple[int, float]]] = {}
     for row, offered in offers.items():
         image_id = int(ids[row])
-        old = current.get(image_id)
-        if old is None:
-            continue  # pending in another writer's view; it will be refreshed there
-        kth = old[-1][1] if len(old) >= k else -np.inf
-        listed = {i for i, _ in old}
-        better = [(int(ids[r]), c) for r, c in offered.items() if c > kth and int(ids[r]) not in listed]
-        if better:
-            changed[image_id] = sorted(old + better, key=lambda p: (p[0] != image_id, -p[1]))[:k]
+        merged = _merge_offers(image_id, current.get(image_id), [(int(ids[r]), c) for r, c in offered.items()], k)
+        if merged is not None:
+            changed[image_id] = merged
     # stored rows first: if another writer interrupts, the pending rows not yet written are still
     # pending on the retry, and recompute what they offer to stored rows
     position = {int(i): row for row, i in enumerate(ids.tolist())}

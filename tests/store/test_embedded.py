@@ -225,9 +225,9 @@ def index_files(home: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (home / "indexes").glob("*.faiss")}
 
 
-def test_small_writes_leave_the_index_file_alone_and_a_new_process_sees_them(tmp_path: Path) -> None:
-    s = EmbeddedStore(tmp_path)
-    s.create_collection("c", "m", 16)
+def test_small_writes_leave_the_index_file_alone_and_a_new_process_sees_them(
+        store: EmbeddedStore, tmp_path: Path) -> None:
+    s = store
     vecs = unit(60)
     ids = s.upsert("c", records(60), vecs)
     s.flush()
@@ -251,12 +251,11 @@ def test_small_writes_leave_the_index_file_alone_and_a_new_process_sees_them(tmp
 
 
 def test_a_reader_catches_up_with_another_process_without_rebuilding(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: EmbeddedStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     import sys
 
-    writer = EmbeddedStore(tmp_path)
-    writer.create_collection("c", "m", 16)
+    writer = store
     vecs = unit(40)
     ids = writer.upsert("c", records(40), vecs)
     writer.close()
@@ -285,14 +284,13 @@ def test_a_reader_catches_up_with_another_process_without_rebuilding(
 
 
 def test_a_long_log_is_folded_into_a_new_file_and_an_older_reader_still_catches_up(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: EmbeddedStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sqlite3
 
     from lookalike.store import embedded
 
     monkeypatch.setattr(embedded, "LOG_LIMIT_MIN", 5)
-    writer = EmbeddedStore(tmp_path)
-    writer.create_collection("c", "m", 16)
+    writer = store
     vecs = unit(80)
     ids = writer.upsert("c", records(40), vecs[:40])
     writer.flush()
@@ -314,9 +312,9 @@ def test_a_long_log_is_folded_into_a_new_file_and_an_older_reader_still_catches_
     assert (found == exact_top(reader, "c", vecs, 3)).all()
 
 
-def test_a_recreated_namesake_never_reuses_the_dropped_collections_index(tmp_path: Path) -> None:
-    writer = EmbeddedStore(tmp_path)
-    writer.create_collection("c", "m", 16)
+def test_a_recreated_namesake_never_reuses_the_dropped_collections_index(
+        store: EmbeddedStore, tmp_path: Path) -> None:
+    writer = store
     old = unit(10)
     writer.upsert("c", records(10), old)
     reader = EmbeddedStore(tmp_path)

@@ -38,3 +38,25 @@ def test_fp16_graph_matches_fp32(model_cache: Path, monkeypatch: pytest.MonkeyPa
     assert cos.min() > 0.999, cos
     assert next(model_cache.glob("*.fp16.onnx")).stat().st_size < 0.6 * half.path.stat().st_size
     assert not list(half.path.parent.glob("*.fp16.onnx")) or half.path.parent == model_cache
+
+
+def test_sessions_switch_telemetry_events_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every session comes from `inference_session`, which also turns ONNX Runtime's events off (for a
+    program that imported onnxruntime before lookalike, when ORT_DISABLE_TELEMETRY came too late)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    calls: list[bool] = []
+    monkeypatch.setattr(runtime.ort, "disable_telemetry_events", lambda: calls.append(True))
+    monkeypatch.setenv("ORT_DISABLE_TELEMETRY", "1")
+    session = runtime.make_session(model.SerializeToString(), threads=1, device="cpu")
+    assert session.run(None, {"x": np.ones(1, np.float32)})[0] == 1.0 and calls == [True]
+    monkeypatch.setenv("ORT_DISABLE_TELEMETRY", "0")  # opted in (LOOKALIKE_ORT_TELEMETRY=1 or the user's own)
+    runtime.make_session(model.SerializeToString(), threads=1, device="cpu")
+    assert calls == [True]

@@ -43,7 +43,7 @@ def export_module(module: Any, example: Any, path: Path, *, input_names: list[st
     size (default: the example repeated twice along the batch axis), so a baked-in batch size fails.
     """
     torch = require_torch()
-    import onnxruntime as ort
+    from .runtime import inference_session
 
     examples = example if isinstance(example, tuple) else (example,)
     module = module.eval()
@@ -53,7 +53,7 @@ def export_module(module: Any, example: Any, path: Path, *, input_names: list[st
     with torch.no_grad():
         torch.onnx.export(module, examples, str(tmp), input_names=input_names, output_names=output_names,
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
-    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    session = inference_session(str(tmp), providers=["CPUExecutionProvider"])
     trials = [examples] + [c if isinstance(c, tuple) else (c,) for c in (check_inputs or [])]
     if not check_inputs:
         trials.append(tuple(torch.cat([t, t]) for t in examples))

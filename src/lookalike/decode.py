@@ -205,3 +205,39 @@ def open_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: 
     """Read and decode one file; see `decode`."""
     return decode(read_bytes(path, max_bytes), max_pixels=max_pixels, draft_size=draft_size,
                   suffix=path.suffix)
+
+
+# Content sniffing: the first bytes decide, never the file name or the client's Content-Type.
+_MAGIC: list[tuple[str, Callable[[bytes], bool]]] = [
+    ("jpeg", lambda b: b[:3] == b"\xff\xd8\xff"),
+    ("png", lambda b: b[:8] == b"\x89PNG\r\n\x1a\n"),
+    ("gif", lambda b: b[:6] in (b"GIF87a", b"GIF89a")),
+    ("webp", lambda b: b[:4] == b"RIFF" and b[8:12] == b"WEBP"),
+    ("bmp", lambda b: b[:2] == b"BM"),
+    ("tiff", lambda b: b[:4] in (b"II*\x00", b"MM\x00*")),
+    ("heif", lambda b: b[4:8] == b"ftyp" and b[8:12] in (b"heic", b"heix", b"hevc", b"hevx", b"mif1",
+                                                          b"msf1", b"heim", b"heis", b"avif", b"avis")),
+]
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
+               "bmp": "image/bmp", "tiff": "image/tiff", "heif": "image/heif"}
+
+
+def sniff(data: bytes) -> str | None:
+    """The image format named by the content's magic bytes, or None."""
+    return next((name for name, test in _MAGIC if test(data[:16])), None)
+
+
+def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+    """Decode bytes a client sent: size, emptiness and content type are checked before any decoding, and
+    every failure is a DecodeError whose message is one sentence a user can act on."""
+    if len(data) > max_bytes:
+        raise DecodeError("too-large", message=f"upload of {len(data)} bytes is over the {max_bytes} byte limit")
+    if not data:
+        raise DecodeError("empty", message="the upload is empty; send the image bytes in the `file` field")
+    if sniff(data) is None:
+        raise DecodeError("not-an-image", message="the upload is not an image (JPEG, PNG, GIF, WebP, BMP, TIFF, "
+                                                  "HEIC or AVIF, judged by its content)")
+    try:
+        return decode(data, max_pixels=max_pixels, draft_size=draft_size)
+    except DecodeError as exc:
+        raise exc.reworded("cannot read the image: ") from None

@@ -6,12 +6,21 @@
         for hit in lib.search("query.jpg", k=10, collection="photos"):
             print(hit.score, hit.path)
 
-The CLI and the HTTP service are thin faces over this class.
+Every operation a user can ask for lives here (or in the module it delegates to); the CLI and the HTTP
+service only parse, call one method and format. Methods that take bytes from a client accept `limits`
+(the service's upload limits); without them the library's own file limits apply.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import threading
+import time
+from collections import OrderedDict
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +28,36 @@ import numpy as np
 from PIL import Image
 
 from . import refine
+from .compare import Comparison, compare_vectors
 from .config import DEFAULT_COLLECTION, Settings, library_home
-from .decode import decode, read_bytes, to_rgb
-from .embed import Embedder, get_embedder, resolve
-from .errors import EmptyLibrary, LookalikeError
+from .decode import MEDIA_TYPES, decode, decode_upload, read_bytes, sniff, to_rgb
+from .embed import Embedder, ModelCard, get_embedder, model_cards, resolve
+from .errors import DecodeError, EmptyLibrary, LookalikeError, NotFound, UnknownCollection, UnknownImage
 from .ingest import IndexReport as IndexReport
 from .ingest import ProgressFn, check_model, collection_settings, ensure_collection, file_key, index_paths
+from .roots import resolve_within
 from .search import Hit, nearest
 from .store import CollectionInfo, Filter, ImageRecord, Store, open_store
+from .uploads import UploadStore, is_upload, upload_path
 
 Query = str | os.PathLike[str] | bytes | Image.Image | int
+THUMBNAIL_CACHE = 2048  # thumbnails kept in memory (about 20 KB each)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a picture sent by a client may be: checked before it is decoded (see decode.decode_upload)."""
+
+    max_bytes: int
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One picture to add: its bytes and, optionally, the caller's id for it (default: its content hash)."""
+
+    data: bytes
+    name: str | None = None
 
 
 class Library:
@@ -38,7 +67,12 @@ class Library:
         self._model_dir = model_dir
         self.settings = settings or Settings.load(self.home)
         self.store = store or open_store(self.home, exact_below=self.settings.exact_below)
+        self.uploads = UploadStore(self.home / "uploads")
         self._embedders: dict[str, Embedder] = {}
+        self._embed_lock = threading.Lock()  # one load per model, however many threads ask at once
+        self._write_lock = threading.Lock()  # uploads: check-then-write of a collection and its upload files
+        self._thumbs: OrderedDict[tuple[str, int, str, int], bytes] = OrderedDict()
+        self._thumb_lock = threading.Lock()
 
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None, **settings: Any) -> Library:
@@ -59,11 +93,24 @@ class Library:
     def model_dir(self) -> Path:
         return self._model_dir or self.home / "models"
 
+    @property
+    def default_model(self) -> str:
+        return resolve(self.settings.model, self.model_dir)
+
+    def models(self) -> list[ModelCard]:
+        """Every embedder this library can use (see `default_model` for the one new collections get)."""
+        return model_cards()
+
+    def has_text(self, model: str) -> bool:
+        """Whether collections of `model` can be searched by text."""
+        return any(card.text for card in model_cards() if card.name == model)
+
     def embedder(self, model: str | None = None) -> Embedder:
-        name = resolve(model or self.settings.model, self.model_dir, fetch=True)
-        if name not in self._embedders:
-            self._embedders[name] = get_embedder(name, self.model_dir, threads=self.settings.intra_op_threads)
-        return self._embedders[name]
+        with self._embed_lock:
+            name = resolve(model or self.settings.model, self.model_dir, fetch=True)
+            if name not in self._embedders:
+                self._embedders[name] = get_embedder(name, self.model_dir, threads=self.settings.intra_op_threads)
+            return self._embedders[name]
 
     def collection_embedder(self, collection: str, model: str | None = None) -> Embedder:
         info = self.store.collection(collection)
@@ -71,12 +118,33 @@ class Library:
         check_model(collection, info.model, info.dim, embedder)
         return embedder
 
+    def _write_embedder(self, collection: str, model: str | None = None) -> Embedder:
+        """The collection's model if it exists, else `model` or the default (the collection is made on write)."""
+        try:
+            return self.collection_embedder(collection, model)
+        except UnknownCollection:
+            return self.embedder(model)
+
+    def warm_up(self) -> list[str]:
+        """Load the default model and every collection's model and run each once; returns their names."""
+        names = {self.default_model} | {c.model for c in self.collections()}
+        for name in sorted(names):
+            try:
+                self.embedder(name).embed_images([Image.new("RGB", (64, 64), "gray")])
+            except LookalikeError:
+                continue
+        return sorted(names)
+
     # -- collections --------------------------------------------------------------------------
     def collections(self) -> list[CollectionInfo]:
         return self.store.collections()
 
     def info(self, collection: str = DEFAULT_COLLECTION) -> CollectionInfo:
         return self.store.collection(collection)
+
+    def count(self, collection: str = DEFAULT_COLLECTION) -> int:
+        self.store.collection_settings(collection)  # raises UnknownCollection, cheaply
+        return self.store.count(collection)
 
     def create_collection(self, name: str, model: str | None = None, index_spec: str = "auto", *,
                           refine: bool = True) -> CollectionInfo:
@@ -86,8 +154,13 @@ class Library:
         return self.store.create_collection(name, embedder.name, embedder.dim, embedder.metric, index_spec,
                                             settings=settings)
 
-    def drop_collection(self, name: str) -> None:
+    def drop_collection(self, name: str) -> int:
+        """Drop a collection and everything in it; returns how many images it held."""
+        count = self.count(name)
+        hashes = self._hashes(name)
         self.store.drop_collection(name)
+        self._forget_uploads(hashes)
+        return count
 
     # -- writing ------------------------------------------------------------------------------
     def index(self, paths: list[str | os.PathLike[str]], collection: str = DEFAULT_COLLECTION, *,
@@ -106,29 +179,98 @@ class Library:
                            index_spec=index_spec, progress=progress, report_dir=self.home / "reports",
                            refine_progress=refine_progress)
 
+    def allowed_paths(self, paths: list[str], roots: list[str | os.PathLike[str]]) -> list[str]:
+        """`paths` resolved, each checked to lie inside one of `roots` (what a server may index)."""
+        resolved_roots = [Path(r).expanduser().resolve() for r in roots if str(r)]
+        return [str(resolve_within(raw, resolved_roots)) for raw in paths]
+
     def add_image(self, data: bytes, collection: str = DEFAULT_COLLECTION, *, name: str | None = None,
                   group_id: str | None = None, tags: list[str] | None = None,
-                  metadata: dict[str, Any] | None = None, model: str | None = None) -> ImageRecord:
+                  metadata: dict[str, Any] | None = None, model: str | None = None,
+                  limits: Limits | None = None) -> ImageRecord:
         """Add (or replace, by name) one uploaded picture; `name` defaults to its content hash."""
-        import hashlib
+        return self.add_images([Upload(data, name)], collection, group_id=group_id, tags=tags,
+                               metadata=metadata, model=model, limits=limits)[0]
 
-        try:
-            embedder = self.collection_embedder(collection, model)
-        except LookalikeError as exc:
-            if "no collection named" not in str(exc):
+    def add_images(self, uploads: list[Upload], collection: str = DEFAULT_COLLECTION, *,
+                   group_id: str | None = None, tags: list[str] | None = None,
+                   metadata: dict[str, Any] | None = None, model: str | None = None,
+                   limits: Limits | None = None) -> list[ImageRecord]:
+        """Add uploaded pictures in one write: all or nothing. The collection is made if it doesn't exist;
+        an upload whose name is already there replaces that image (keeping its id)."""
+        embedder = self._write_embedder(collection, model)
+        names = [u.name for u in uploads if u.name]
+        if len(names) != len(set(names)):
+            raise LookalikeError("the same id is given to more than one upload", code="duplicate-id")
+        records: list[ImageRecord] = []
+        images: list[Image.Image] = []
+        for index, upload in enumerate(uploads):
+            try:
+                image = self._decode_bytes(upload.data, embedder, limits)
+            except LookalikeError as exc:
+                if len(uploads) > 1:
+                    raise exc.reworded(f"upload #{index + 1}: ", "; nothing was added", index=index) from None
                 raise
-            embedder = self.embedder(model)
-            ensure_collection(self.store, collection, embedder, settings=self.settings)
-        image = decode(data, max_pixels=self.settings.max_pixels, draft_size=embedder.draft_size)
-        digest = hashlib.sha256(data).hexdigest()
-        record = ImageRecord(path=name or f"upload:{digest[:16]}", content_hash=digest, size=len(data),
-                             width=image.size[0], height=image.size[1], group_id=group_id,
-                             tags=list(tags or []), metadata=dict(metadata or {}))
-        vector = embedder.embed_images([image])
-        self.store.upsert(collection, [record], vector)
-        refine.refresh(self.store, collection)
+            digest = hashlib.sha256(upload.data).hexdigest()
+            records.append(ImageRecord(path=upload_path(upload.name or digest[:16]), content_hash=digest,
+                                       size=len(upload.data), width=image.size[0], height=image.size[1],
+                                       group_id=group_id, tags=list(tags or []), metadata=dict(metadata or {})))
+            images.append(image)
+        vectors = embedder.embed_images(images)
+        with self._write_lock:
+            for upload, record in zip(uploads, records, strict=True):
+                self.uploads.put(upload.data, record.content_hash)
+            created = False
+            try:
+                self.store.collection(collection)
+            except UnknownCollection:
+                ensure_collection(self.store, collection, embedder, settings=self.settings)
+                created = True
+            try:
+                ids = self.store.find_ids(collection, paths=[r.path for r in records])
+                replaced = {r.content_hash for r in self.store.get(collection, ids)} if ids else set()
+                self.store.upsert(collection, records, vectors)
+                refine.refresh(self.store, collection)
+            except BaseException:
+                if created:
+                    with suppress(LookalikeError):
+                        self.store.drop_collection(collection)
+                raise
         self.store.flush()
-        return record
+        self._forget_uploads(replaced - {r.content_hash for r in records})
+        return records
+
+    def replace_image(self, collection: str, image_id: int, data: bytes, *, group_id: str | None = None,
+                      tags: list[str] | None = None, metadata: dict[str, Any] | None = None,
+                      limits: Limits | None = None) -> ImageRecord:
+        """A new picture for an existing image, keeping its id; group and tags are kept unless given,
+        metadata is merged."""
+        old = self.get_image(collection, image_id)
+        embedder = self.collection_embedder(collection)
+        image = self._decode_bytes(data, embedder, limits)
+        digest = hashlib.sha256(data).hexdigest()
+        record = ImageRecord(path=old.path, content_hash=digest, size=len(data), mtime=0.0,
+                             width=image.size[0], height=image.size[1],
+                             group_id=group_id if group_id is not None else old.group_id,
+                             tags=list(tags) if tags is not None else old.tags,
+                             metadata={**old.metadata, **(metadata or {})})
+        vector = embedder.embed_images([image])
+        with self._write_lock:
+            self.uploads.put(data, digest)
+            self.get_image(collection, image_id)  # still there (another request may have removed it)
+            self.store.upsert(collection, [record], vector)
+            refine.refresh(self.store, collection)
+        self.store.flush()
+        if old.content_hash != digest:
+            self._forget_uploads({old.content_hash})
+        return self.get_image(collection, image_id)
+
+    def update_image(self, collection: str, image_id: int, *, group_id: str | None = None,
+                     tags: list[str] | None = None, metadata: dict[str, Any] | None = None) -> ImageRecord:
+        """Change an image's group id, tags (replaced) or metadata (merged); its picture stays."""
+        self.get_image(collection, image_id)
+        self.store.update_metadata(collection, image_id, group_id=group_id, tags=tags, metadata=metadata)
+        return self.get_image(collection, image_id)
 
     def remove(self, targets: list[str | int], collection: str = DEFAULT_COLLECTION) -> int:
         """Remove images by id, by file path, or every image under a folder path."""
@@ -154,15 +296,97 @@ class Library:
                     raise LookalikeError(f"'{raw}' is not in collection '{collection}'; "
                                          "see `lookalike search` or `lookalike info` for what is indexed")
                 ids.extend(under)
-        removed = self.store.remove(collection, sorted(set(ids)))
+        ids = sorted(set(ids))
+        hashes = {r.content_hash for r in self.store.get(collection, ids)} if ids else set()
+        removed = self.store.remove(collection, ids)
         refine.refresh(self.store, collection)
         self.store.flush()
+        self._forget_uploads(hashes)
         return removed
 
+    def _hashes(self, collection: str) -> set[str]:
+        return {v[3] for v in self.store.known_files(collection).values()}
+
+    def _forget_uploads(self, hashes: set[str]) -> None:
+        """Delete stored upload bytes that no image in any collection refers to any more."""
+        def used() -> set[str]:
+            found: set[str] = set()
+            for info in self.collections():
+                found |= self._hashes(info.name)
+            return found
+
+        with self._write_lock:
+            self.uploads.forget_unused(hashes, used)
+
+    # -- images -------------------------------------------------------------------------------
+    def get_image(self, collection: str, image_id: int) -> ImageRecord:
+        """One image's catalogue row; UnknownImage if the collection holds no such id."""
+        self.store.collection_settings(collection)
+        found = self.store.get(collection, [image_id])
+        if not found:
+            raise UnknownImage(f"no image with id {image_id} in collection '{collection}'")
+        return found[0]
+
+    def image_bytes(self, collection: str, image_id: int) -> tuple[bytes, str | None]:
+        """An image's bytes and their media type (None for formats browsers can't show): the stored
+        upload, or the catalogued file (never any other path)."""
+        data = self._source_bytes(self.get_image(collection, image_id))
+        kind = sniff(data)
+        return data, MEDIA_TYPES[kind] if kind else None
+
+    def _source_bytes(self, record: ImageRecord) -> bytes:
+        stored = self.uploads.get(record.content_hash)
+        if stored is not None:
+            return stored
+        if is_upload(record.path) or not os.path.isabs(record.path):
+            raise NotFound(f"the bytes of image {record.id} are not stored in this library", code="gone")
+        path = Path(record.path)
+        if not path.is_file():
+            raise NotFound(f"image {record.id} was indexed from a file that no longer exists", code="gone")
+        try:
+            return read_bytes(path, self.settings.max_file_bytes)
+        except DecodeError as exc:
+            raise NotFound(f"image {record.id} cannot be read: {exc}", code="gone") from exc
+
+    def thumbnail(self, collection: str, image_id: int, size: int) -> tuple[bytes, str]:
+        """A JPEG of the image whose longest side is `size`, and the content hash it was made from."""
+        record = self.get_image(collection, image_id)
+        key = (collection, image_id, record.content_hash, size)
+        with self._thumb_lock:
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key], record.content_hash
+        data = self._source_bytes(record)
+        image = decode(data, max_pixels=self.settings.max_pixels, draft_size=size, suffix=Path(record.path).suffix)
+        image.thumbnail((size, size), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=82, optimize=True)
+        thumb = out.getvalue()
+        with self._thumb_lock:
+            self._thumbs[key] = thumb
+            while len(self._thumbs) > THUMBNAIL_CACHE:
+                self._thumbs.popitem(last=False)
+        return thumb, record.content_hash
+
     # -- reading ------------------------------------------------------------------------------
+    def _decode_bytes(self, data: bytes, embedder: Embedder, limits: Limits | None, suffix: str = "") -> Image.Image:
+        if limits is not None:
+            return decode_upload(data, max_bytes=limits.max_bytes, max_pixels=min(limits.max_pixels,
+                                 self.settings.max_pixels), draft_size=embedder.draft_size)
+        return decode(data, max_pixels=self.settings.max_pixels, draft_size=embedder.draft_size, suffix=suffix)
+
+    def _picture(self, query: str | os.PathLike[str] | bytes | Image.Image, embedder: Embedder,
+                 limits: Limits | None) -> Image.Image:
+        if isinstance(query, Image.Image):
+            return to_rgb(query)
+        if isinstance(query, bytes | bytearray):
+            return self._decode_bytes(bytes(query), embedder, limits)
+        path = Path(query).expanduser()
+        return self._decode_bytes(read_bytes(path, self.settings.max_file_bytes), embedder, None, path.suffix)
+
     def query_vector(self, query: Query | None = None, *, collection: str = DEFAULT_COLLECTION,
-                     text: str | None = None, model: str | None = None,
-                     rotation_invariant: bool = False) -> np.ndarray:
+                     text: str | None = None, model: str | None = None, rotation_invariant: bool = False,
+                     limits: Limits | None = None, timings: dict[str, float] | None = None) -> np.ndarray:
         """The vector a query searches with. `rotation_invariant` embeds the picture at 0, 90, 180 and
         270 degrees and averages: it finds photos stored sideways with no EXIF tag (docs/benchmarks.md)."""
         embedder = self.collection_embedder(collection, model)
@@ -175,16 +399,10 @@ class Library:
             if not record or not os.path.isfile(record[0].path):
                 return self.store.vectors(collection, [query])[0]  # raises for an unknown id
             query = record[0].path
-        if isinstance(query, Image.Image):
-            image = to_rgb(query)
-        else:
-            if isinstance(query, bytes | bytearray):
-                data, suffix = bytes(query), ""
-            else:
-                path = Path(query).expanduser()  # type: ignore[arg-type]
-                data, suffix = read_bytes(path, self.settings.max_file_bytes), path.suffix
-            image = decode(data, max_pixels=self.settings.max_pixels, draft_size=embedder.draft_size,
-                           suffix=suffix)
+        started = time.perf_counter()
+        image = self._picture(query, embedder, limits)  # type: ignore[arg-type]
+        if timings is not None:
+            timings["decode"] = time.perf_counter() - started
         if not rotation_invariant:
             return embedder.embed_images([image])[0]
         views = [image, *(image.transpose(t) for t in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
@@ -194,19 +412,28 @@ class Library:
 
     def search(self, query: Query | None = None, *, k: int = 10, collection: str = DEFAULT_COLLECTION,
                text: str | None = None, flt: Filter | None = None, min_score: float | None = None,
-               model: str | None = None, expand: bool = True, rotation_invariant: bool = False) -> list[Hit]:
-        """Top-k images like `query` (a path, bytes, PIL image or stored id) or like `text`."""
+               model: str | None = None, expand: bool = True, rotation_invariant: bool = False,
+               limits: Limits | None = None, timings: dict[str, float] | None = None) -> list[Hit]:
+        """Top-k images like `query` (a path, bytes, PIL image or stored id) or like `text`.
+        `timings`, if given, receives the seconds spent decoding (picture queries), embedding and searching."""
         if query is None and text is None:
-            raise LookalikeError("give a query image, an image id, or --text")
-        self.store.collection_settings(collection)  # raises UnknownCollection, cheaply
-        if self.store.count(collection) == 0:
+            raise LookalikeError("give a query image, an image id, or --text", code="no-query")
+        if self.count(collection) == 0:
             raise EmptyLibrary(f"collection '{collection}' is empty; add images with "
                                f"`lookalike index PATH --collection {collection}`")
+        if isinstance(query, int):
+            self.get_image(collection, query)
+        started = time.perf_counter()
         vector = self.query_vector(query, collection=collection, text=text, model=model,
-                                   rotation_invariant=rotation_invariant)
+                                   rotation_invariant=rotation_invariant, limits=limits, timings=timings)
+        embedded = time.perf_counter()
         exclude = {query} if isinstance(query, int) else None
-        return self.search_vector(vector, k=k, collection=collection, flt=flt, exclude_ids=exclude,
+        hits = self.search_vector(vector, k=k, collection=collection, flt=flt, exclude_ids=exclude,
                                   min_score=min_score, expand=expand and text is None)
+        if timings is not None:
+            timings["embed"] = embedded - started - timings.get("decode", 0.0)
+            timings["search"] = time.perf_counter() - embedded
+        return hits
 
     def search_vector(self, vector: np.ndarray, *, k: int = 10, collection: str = DEFAULT_COLLECTION,
                       flt: Filter | None = None, exclude_ids: set[int] | None = None,
@@ -220,6 +447,29 @@ class Library:
             vector = refine.expand_query(self.store, collection, vector, params, flt)
         return nearest(self.store, collection, vector, k, flt=flt, exclude_ids=exclude_ids, min_score=min_score)
 
+    def compare(self, a: Query, b: Query, *, collection: str | None = None, model: str | None = None,
+                limits: Limits | None = None) -> Comparison:
+        """How alike two pictures are: a score in [0, 1] (their plain cosine) and a verdict. Each of `a`
+        and `b` is a path, bytes, a PIL image, or the id of an image in `collection` (whose model is then
+        used; else `model` or the default)."""
+        embedder = self.collection_embedder(collection, model) if collection else self.embedder(model)
+
+        def vector(x: Query, label: str) -> np.ndarray:
+            try:
+                if isinstance(x, int):
+                    if not collection:
+                        raise LookalikeError(f"{label}_id needs a collection")
+                    self.get_image(collection, x)
+                    return self.store.vectors(collection, [x])[0]
+                return embedder.embed_images([self._picture(x, embedder, limits)])[0]
+            except LookalikeError as exc:
+                raise exc.reworded(f"image {label}: ") from None
+
+        va, vb = vector(a, "a"), vector(b, "b")
+        return compare_vectors(va, vb, model=embedder.name, metric=embedder.metric, dim=embedder.dim,
+                               thresholds=self.settings.thresholds())
+
+    # -- refinement ---------------------------------------------------------------------------
     def refresh(self, collection: str = DEFAULT_COLLECTION) -> int:
         """Bring a collection's refinement up to date after writes made through `store` directly."""
         return refine.refresh(self.store, collection)

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from lookalike.server.app import sniff
+from lookalike.decode import sniff
 
 from .conftest import API_KEY, WRITE, jpeg, names
 
@@ -86,7 +86,7 @@ def test_requests_are_logged_as_structured_records(client: TestClient, caplog: p
 
 
 def test_json_log_formatter_writes_one_object_per_line() -> None:
-    from lookalike.server.app import JsonFormatter
+    from lookalike.server.run import JsonFormatter
 
     record = logging.LogRecord("lookalike.server", logging.INFO, "x", 1, "request", None, None)
     record.status = 200

@@ -49,7 +49,6 @@ def test_flags_override_env_which_overrides_the_config_file(home: Path, monkeypa
     ({"port": "eighty"}, "port='eighty' is not a valid int"),
     ({"port": 70000}, "out of range"),
     ({"log_format": "xml"}, "not json or text"),
-    ({"duplicate_threshold": 0.5, "similar_threshold": 0.8}, "similar_threshold <= duplicate_threshold"),
 ])
 def test_bad_settings_are_one_clear_error(values: dict, message: str) -> None:
     with pytest.raises(LookalikeError, match=message):

@@ -35,7 +35,7 @@ def create_app(*args: Any, **kwargs: Any) -> Any:
 
 def serve(home: Any = None, **overrides: Any) -> None:
     _require()
-    from .app import serve as _serve
+    from .run import serve as _serve
 
     _serve(home, **overrides)
 

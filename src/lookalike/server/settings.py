@@ -34,8 +34,6 @@ class ServerSettings:
     max_upload_pixels: int = 50_000_000
     max_k: int = 1000
     thumbnail_size: int = 256
-    duplicate_threshold: float = 0.95  # compare: similarity at or above -> "duplicate"
-    similar_threshold: float = 0.70  # compare: at or above -> "similar" (UKBench: same object >= ~0.72)
     log_format: str = "json"  # "json" (one object per line) or "text"
     log_level: str = "info"
     shutdown_timeout: float = 10.0  # seconds to finish requests and stop an index job
@@ -88,8 +86,6 @@ class ServerSettings:
             raise LookalikeError(f"port {self.port} is out of range; use 1-65535 (or 0 for any free port)")
         if self.log_format not in ("json", "text"):
             raise LookalikeError(f"log_format '{self.log_format}' is not json or text")
-        if not 0 < self.similar_threshold <= self.duplicate_threshold <= 1:
-            raise LookalikeError("need 0 < similar_threshold <= duplicate_threshold <= 1")
         for name in ("max_upload_bytes", "max_bulk_bytes", "max_upload_pixels", "max_k", "thumbnail_size"):
             if getattr(self, name) <= 0:
                 raise LookalikeError(f"server setting {name} must be positive")

@@ -1,0 +1,178 @@
+"""Search (by an upload, a raw image body, base64 JSON, text or an indexed id) and compare two images."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import Any
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile as StarletteUploadFile
+
+from ...config import DEFAULT_COLLECTION
+from ..errors import ApiError
+from ..params import bool_param, int_param, search_filter
+from ..state import ServiceState, service
+
+router = APIRouter(tags=["search"])
+
+SEARCH_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {"name": n, "in": "query", "required": False, "schema": s, "description": d} for n, s, d in [
+            ("k", {"type": "integer", "default": 10}, "results to return"),
+            ("collection", {"type": "string", "default": DEFAULT_COLLECTION}, "collection to search"),
+            ("id", {"type": "integer"}, "more like this indexed image (instead of an upload)"),
+            ("text", {"type": "string"}, "search by text (models with a text tower)"),
+            ("min_score", {"type": "number"}, "drop results scoring below this"),
+            ("expand", {"type": "boolean", "default": True},
+             "query expansion on the collection's refined index (false: plain cosine ranking)"),
+            ("rotation_invariant", {"type": "boolean", "default": False},
+             "also find copies rotated by 90/180/270 degrees (embeds the query 4 times)"),
+            ("group_id", {"type": "string"}, "only images with this group id"),
+            ("tag", {"type": "array", "items": {"type": "string"}}, "only images carrying every tag"),
+            ("where", {"type": "array", "items": {"type": "string"}}, "metadata KEY=VALUE (repeatable)"),
+            ("under", {"type": "string"}, "only images under this folder"),
+        ]],
+    "requestBody": {"required": False, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "file": {"type": "string", "format": "binary"}, "k": {"type": "integer"},
+            "collection": {"type": "string"}}}},
+        "application/json": {"schema": {"type": "object", "properties": {
+            "image_base64": {"type": "string"}, "text": {"type": "string"}, "id": {"type": "integer"},
+            "k": {"type": "integer"}, "collection": {"type": "string"}, "min_score": {"type": "number"},
+            "expand": {"type": "boolean"}, "rotation_invariant": {"type": "boolean"}, "group_id": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "metadata": {"type": "object"}, "under": {"type": "string"}}}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    }},
+}
+
+
+async def _read_upload(upload: StarletteUploadFile, limit: int) -> bytes:
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "too-large", f"upload '{upload.filename}' is over the {limit} byte limit")
+    return data
+
+
+async def _request_params(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
+    """Every search parameter, from the query string and the body (form, JSON or raw image), and the image."""
+    params: dict[str, Any] = {k: v for k, v in request.query_params.items()}
+    params["tags"] = request.query_params.getlist("tag") + request.query_params.getlist("tags")
+    params["where"] = request.query_params.getlist("where")
+    image: bytes | None = None
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        form = await request.form()
+        try:
+            for key, value in form.multi_items():
+                if isinstance(value, StarletteUploadFile):
+                    if key in ("file", "image"):
+                        image = await _read_upload(value, max_bytes)
+                elif key in ("tag", "tags"):
+                    params["tags"].append(value)
+                elif key == "where":
+                    params["where"].append(value)
+                else:
+                    params[key] = value
+        finally:
+            await form.close()
+    elif ctype == "application/json" or ctype.endswith("+json"):
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise ApiError(400, "bad-json", f"the body is not valid JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad-json", "the JSON body must be an object")
+        filters = body.pop("filters", None)
+        if isinstance(filters, dict):
+            body.update(filters)
+        encoded = body.pop("image_base64", None) or body.pop("image", None)
+        if encoded is not None:
+            if not isinstance(encoded, str):
+                raise ApiError(400, "bad-base64", "image_base64 must be a base64 string")
+            encoded = encoded.split(",", 1)[1] if encoded.startswith("data:") else encoded
+            if len(encoded) > max_bytes * 4 // 3 + 8:
+                raise ApiError(413, "too-large", f"image is over the {max_bytes} byte limit")
+            try:
+                image = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ApiError(400, "bad-base64", f"image_base64 is not valid base64: {exc}") from exc
+        for key in ("tags", "tag", "where"):
+            value = body.pop(key, None)
+            if value is not None:
+                params["tags" if key == "tag" else key] += value if isinstance(value, list) else [value]
+        params.update(body)
+    elif ctype.startswith("image/") or ctype == "application/octet-stream":
+        image = await request.body()
+    elif ctype:
+        raise ApiError(415, "unsupported-content-type",
+                       f"send multipart/form-data (field `file`), an image body, or JSON, not {ctype}")
+    if "group" in params and "group_id" not in params:
+        params["group_id"] = params["group"]
+    return params, image
+
+
+async def search(request: Request) -> JSONResponse:
+    state: ServiceState = service(request)
+    params, image = await _request_params(request, state.settings.max_upload_bytes)
+    k = int_param(params, "k", 10, 1, state.settings.max_k) or 10
+    image_id = int_param(params, "id")
+    text = params.get("text") or None
+    if text is not None and not isinstance(text, str):
+        raise ApiError(422, "bad-parameter", "text must be a string")
+    given = sum(x is not None for x in (image, text, image_id))
+    if given != 1:
+        raise ApiError(400, "no-query" if given == 0 else "ambiguous-query",
+                       "give exactly one query: an image (`file` upload, image body or image_base64), "
+                       "`text`, or an indexed image `id`")
+    min_score = params.get("min_score")
+    try:
+        min_score = float(min_score) if min_score not in (None, "") else None
+    except (TypeError, ValueError) as exc:
+        raise ApiError(422, "bad-parameter", f"min_score must be a number, not {min_score!r}") from exc
+    collection = str(params.get("collection") or DEFAULT_COLLECTION)
+    expand = bool_param(params, "expand", True)
+    rotation_invariant = bool_param(params, "rotation_invariant", False)
+    flt = search_filter(params)
+
+    def run() -> dict[str, Any]:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        hits = state.lib.search(image if image is not None else image_id, k=k, collection=collection, text=text,
+                                flt=flt, min_score=min_score, expand=expand, rotation_invariant=rotation_invariant,
+                                limits=state.limits, timings=timings)
+        if "decode" in timings:
+            state.metrics.search_steps.labels("decode").observe(timings["decode"])
+        state.metrics.search_steps.labels("embed+nearest").observe(timings["embed"] + timings["search"])
+        return {"collection": collection, "model": state.lib.info(collection).model, "k": k, "expand": expand,
+                "rotation_invariant": rotation_invariant, "took_ms": round((time.perf_counter() - started) * 1000, 2),
+                "results": [state.record_out(collection, h.record, h.score, rank) for rank, h in enumerate(hits, 1)]}
+
+    return JSONResponse(await run_in_threadpool(run))
+
+
+router.add_api_route("/api/search", search, methods=["POST"], openapi_extra=SEARCH_OPENAPI,
+                     summary="Search by image upload, raw image body, base64 JSON, text or image id")
+router.add_api_route("/search", search, methods=["POST"], include_in_schema=False)
+
+
+@router.post("/api/compare", summary="Similarity of two images in [0, 1] with a verdict")
+def compare(request: Request, a: UploadFile | None = File(None, description="first image"),
+            b: UploadFile | None = File(None, description="second image"),
+            a_id: int | None = Form(None), b_id: int | None = Form(None),
+            collection: str | None = Form(None, description="use this collection's model (and ids)"),
+            model: str | None = Form(None)) -> dict[str, Any]:
+    state = service(request)
+
+    def pick(upload: UploadFile | None, image_id: int | None, label: str) -> bytes | int:
+        if (upload is None) == (image_id is None):
+            raise ApiError(400, "bad-request", f"give image {label} as a `{label}` upload or `{label}_id`")
+        return image_id if upload is None else upload.file.read(state.limits.max_bytes + 1)  # type: ignore[return-value]
+
+    first, second = pick(a, a_id, "a"), pick(b, b_id, "b")
+    return state.lib.compare(first, second, collection=collection, model=model, limits=state.limits).to_dict()

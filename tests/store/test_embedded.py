@@ -86,7 +86,7 @@ def test_damaged_index_file_is_rebuilt(tmp_path: Path) -> None:
     assert found[:, 0].tolist() == list(range(1, 9))
     repaired.close()  # writes the rebuilt index back, so later opens don't rebuild again
     third = EmbeddedStore(tmp_path)
-    third._rebuild = None  # type: ignore[assignment]  (calling it would fail the test)
+    third.faiss_index._rebuild = None  # type: ignore[assignment]  (calling it would fail the test)
     assert third.search("c", vecs[:1], 1)[1][0, 0] == 1
 
 
@@ -185,9 +185,9 @@ def test_rewriting_a_row_with_the_same_vector_keeps_one_index_entry(tmp_path: Pa
 
 
 def test_filtered_search_through_the_ivf_selector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lookalike.store import embedded
+    from lookalike.store import faiss_index
 
-    monkeypatch.setattr(embedded, "EXACT_FILTER_LIMIT", 0)  # force the Faiss IDSelector path
+    monkeypatch.setattr(faiss_index, "EXACT_FILTER_LIMIT", 0)  # force the Faiss IDSelector path
     s = EmbeddedStore(tmp_path, exact_below=100)
     s.create_collection("h", "m", 16)
     vecs = unit(400)
@@ -265,7 +265,7 @@ def test_a_reader_catches_up_with_another_process_without_rebuilding(
     def no_rebuild(*_: object) -> None:
         raise AssertionError("the reader rebuilt its index instead of catching up")
 
-    monkeypatch.setattr(reader, "_rebuild", no_rebuild)
+    monkeypatch.setattr(reader.faiss_index, "_rebuild", no_rebuild)
     code = (
         "import sys, numpy as np; from lookalike.store import EmbeddedStore, ImageRecord\n"
         "s = EmbeddedStore(sys.argv[1]); r = np.random.default_rng(7)\n"
@@ -287,9 +287,9 @@ def test_a_long_log_is_folded_into_a_new_file_and_an_older_reader_still_catches_
         store: EmbeddedStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sqlite3
 
-    from lookalike.store import embedded
+    from lookalike.store import faiss_index
 
-    monkeypatch.setattr(embedded, "LOG_LIMIT_MIN", 5)
+    monkeypatch.setattr(faiss_index, "LOG_LIMIT_MIN", 5)
     writer = store
     vecs = unit(80)
     ids = writer.upsert("c", records(40), vecs[:40])
@@ -350,10 +350,10 @@ def test_a_library_from_before_the_log_rebuilds_a_stale_index_file(tmp_path: Pat
 
     import faiss
 
-    from lookalike.store.embedded import _MIGRATIONS
+    from lookalike.store.catalogue import MIGRATIONS
 
     db = sqlite3.connect(tmp_path / "catalog.sqlite")
-    for script in _MIGRATIONS[:3]:
+    for script in MIGRATIONS[:3]:
         db.executescript(script)
     db.execute("PRAGMA user_version=3")
     db.execute("INSERT INTO collections(name, model, dim, created, generation) VALUES ('c', 'm', 16, 1.0, 7)")
@@ -412,9 +412,9 @@ def test_a_writer_that_never_loads_the_index_still_switches_to_ivf(tmp_path: Pat
 def test_rewriting_the_same_rows_keeps_the_log_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sqlite3
 
-    from lookalike.store import embedded
+    from lookalike.store import faiss_index
 
-    monkeypatch.setattr(embedded, "LOG_LIMIT_MIN", 50)
+    monkeypatch.setattr(faiss_index, "LOG_LIMIT_MIN", 50)
     s = EmbeddedStore(tmp_path)
     s.create_collection("c", "m", 16)
     ids = s.upsert("c", records(20), unit(20))

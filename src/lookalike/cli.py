@@ -156,12 +156,14 @@ def _parse_filters(group_id: str | None, tags: tuple[str, ...], where: tuple[str
               help="Plain cosine ranking: skip query expansion (the collection's DBA still applies).")
 @click.option("--rotation-invariant", is_flag=True,
               help="Also find copies rotated by 90/180/270 degrees (embeds the query 4 times).")
+@click.option("--copies", is_flag=True,
+              help="Only images verified as copies of the query; score = copy confidence in [0, 1].")
 @json_option
 @click.pass_context
 def search(ctx: click.Context, query: str | None, k: int, collection: str, text: str | None,
            image_id: int | None, group_id: str | None, tags: tuple[str, ...], where: tuple[str, ...],
            path_prefix: str | None, min_score: float | None, no_expand: bool, rotation_invariant: bool,
-           as_json: bool) -> None:
+           copies: bool, as_json: bool) -> None:
     """Find images like QUERY (an image file, '-' for stdin), like --id, or like --text."""
     given = sum(x is not None and x != "" for x in (query, text, image_id))
     if given != 1:
@@ -177,7 +179,7 @@ def search(ctx: click.Context, query: str | None, k: int, collection: str, text:
             raise LookalikeError(f"query image '{query}' does not exist or is not a file")
         target = path
     hits = lib.search(target, k=k, collection=collection, text=text or None, flt=flt, min_score=min_score,
-                      expand=not no_expand, rotation_invariant=rotation_invariant)
+                      expand=not no_expand, rotation_invariant=rotation_invariant, copies=copies)
     if as_json:
         _emit({"collection": collection, "query": query if query and query != "-" else
                ({"id": image_id} if image_id is not None else {"text": text} if text else "stdin"),
@@ -215,6 +217,93 @@ def compare(ctx: click.Context, first: str, second: str, collection: str | None,
         _emit({"a": first, "b": second, **result.to_dict()})
     else:
         click.echo(f"{result.verdict} (score {result.score:.4f}, {result.model})")
+
+
+@cli.command()
+@collection_option
+@click.option("--keep", default="best", show_default=True,
+              help="Which picture of a group to keep: best, largest, oldest or path:PATTERN.")
+@click.option("--move-to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Plan to move the other pictures of each group into this folder.")
+@click.option("--delete", is_flag=True, help="Plan to delete them (into the library's trash; undoable).")
+@click.option("--symlink", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Plan to move them into this folder, leaving a link to the kept picture in their place.")
+@click.option("--apply", "apply_", is_flag=True, help="Carry out the plan (without it: a dry run).")
+@click.option("--undo", "undo_manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Put back everything the run that wrote this manifest did.")
+@click.option("--not-duplicates", "not_duplicates", nargs=2, default=None, metavar="A B",
+              help="Remember that A and B (files or ids) are not copies: never grouped again.")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the groups as CSV.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a page to review the groups side by side.")
+@json_option
+@click.pass_context
+def dupes(ctx: click.Context, collection: str, keep: str, move_to: Path | None, delete: bool,
+          symlink: Path | None, apply_: bool, undo_manifest: Path | None, not_duplicates: tuple[str, str] | None,
+          csv_file: Path | None, html_file: Path | None, as_json: bool) -> None:
+    """Groups of copies (resized, cropped, turned, re-encoded...) in a collection, and what to do with them.
+
+    Without an action: the groups with their evidence. With --move-to/--delete/--symlink: the plan
+    (a dry run) unless --apply. Every applied run writes a manifest that --undo restores."""
+    if sum(x is not None and x is not False for x in (move_to, delete or None, symlink)) > 1:
+        raise click.UsageError("give at most one of --move-to, --delete and --symlink")
+    lib = _library(ctx)
+    if undo_manifest is not None:
+        result = lib.dupes_undo(undo_manifest)
+        if as_json:
+            _emit(result.to_dict())
+        else:
+            click.echo(f"restored {len(result.restored)} file(s)")
+            for p, why in result.skipped:
+                click.echo(f"  not restored {p}: {why}", err=True)
+        return
+    if not_duplicates is not None:
+        added = lib.not_duplicates([_image_argument(x, collection) for x in not_duplicates], collection)
+        if as_json:
+            _emit({"not_duplicates": list(not_duplicates), "new_pairs": added})
+        else:
+            click.echo(f"remembered: {not_duplicates[0]} and {not_duplicates[1]} are not duplicates")
+        return
+    from .dupes import report as dupes_report
+
+    bar = None
+    progress_fn = None
+    if not as_json and sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       transient=True)
+        task = bar.add_task("candidates", total=None)
+        bar.start()
+
+        def progress_fn(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+    try:
+        report = lib.dupes(collection, progress=progress_fn)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if csv_file:
+        csv_file.write_text(dupes_report.to_csv(report))
+    if html_file:
+        html_file.write_text(dupes_report.to_html(report))
+    mode = "move" if move_to else "delete" if delete else "symlink" if symlink else None
+    if mode is None:
+        if apply_:
+            raise click.UsageError("--apply needs an action: --move-to DIR, --delete or --symlink DIR")
+        if as_json:
+            _emit(report.to_dict())
+        else:
+            click.echo(dupes_report.to_text(report))
+        return
+    plan = lib.dupes_plan(report, keep=keep, mode=mode, target=move_to or symlink)
+    if apply_:
+        lib.dupes_apply(plan, collection)
+    if as_json:
+        _emit({**report.to_dict(), "plan": plan.to_dict()})
+    else:
+        click.echo(plan.describe())
 
 
 def _image_argument(raw: str, collection: str | None) -> Any:

@@ -22,23 +22,37 @@ from collections import OrderedDict
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from . import refine
-from .compare import Comparison, compare_vectors
+from .compare import compare_vectors
 from .config import DEFAULT_COLLECTION, Settings, library_home
-from .decode import MEDIA_TYPES, decode, decode_upload, read_bytes, sniff, to_rgb
+from .decode import MEDIA_TYPES, configure_memory, decode, decode_upload, read_bytes, read_file, sniff, to_rgb
 from .embed import Embedder, ModelCard, get_embedder, model_cards, resolve
-from .errors import DecodeError, EmptyLibrary, LookalikeError, NotFound, UnknownCollection, UnknownImage
+from .errors import (
+    DecodeError,
+    EmptyLibrary,
+    FileChanged,
+    LookalikeError,
+    NotFound,
+    UnknownCollection,
+    UnknownImage,
+)
 from .ingest import IndexReport as IndexReport
 from .ingest import ProgressFn, check_model, collection_settings, ensure_collection, file_key, index_paths
-from .roots import resolve_within
+from .roots import resolve_roots, resolve_within
 from .search import Hit, nearest
 from .store import CollectionInfo, Filter, ImageRecord, Store, open_store
 from .uploads import UploadStore, is_upload, upload_path
+
+if TYPE_CHECKING:
+    from .dupes import DupesReport, Plan, UndoReport
+    from .dupes.groups import CopyHit
+    from .dupes.groups import ProgressFn as DupesProgress
+    from .dupes.verify import PairVerdict
 
 Query = str | os.PathLike[str] | bytes | Image.Image | int
 THUMBNAIL_CACHE = 2048  # thumbnails kept in memory (about 20 KB each)
@@ -73,6 +87,7 @@ class Library:
         self._write_lock = threading.Lock()  # uploads: check-then-write of a collection and its upload files
         self._thumbs: OrderedDict[tuple[str, int, str, int], bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
+        configure_memory(self.settings.decode_memory_mb)  # the process's decode memory (decode.MEMORY)
 
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None, **settings: Any) -> Library:
@@ -166,9 +181,19 @@ class Library:
     def index(self, paths: list[str | os.PathLike[str]], collection: str = DEFAULT_COLLECTION, *,
               model: str | None = None, prune: bool = False, group_id: str | None = None,
               tags: list[str] | None = None, index_spec: str = "auto",
-              progress: ProgressFn | None = None, refine_progress: ProgressFn | None = None) -> IndexReport:
+              progress: ProgressFn | None = None, refine_progress: ProgressFn | None = None,
+              allowed_roots: list[str | os.PathLike[str]] | None = None) -> IndexReport:
         """Index files and folders; re-running skips unchanged files (see `ingest`). `progress` follows
-        the files, `refine_progress` the refinement pass that ends the run (rows done, rows to do)."""
+        the files, `refine_progress` the refinement pass that ends the run (rows done, rows to do).
+
+        `allowed_roots` (default: the library's `allowed_roots` setting; empty: no restriction): each path
+        must lie inside one of them, and so must every file the walk reaches (a symlink pointing out is
+        skipped as `outside-root`)."""
+        roots_given = self.settings.allowed_roots if allowed_roots is None else allowed_roots
+        within = resolve_roots(roots_given) if roots_given else None
+        if within is not None:
+            for raw in paths:
+                resolve_within(os.path.abspath(os.path.expanduser(raw)), within)
         try:
             existing = self.store.collection(collection).model
         except LookalikeError:
@@ -177,12 +202,11 @@ class Library:
         return index_paths(self.store, embedder, [Path(p) for p in paths], collection,
                            settings=self.settings, prune=prune, group_id=group_id, tags=tags,
                            index_spec=index_spec, progress=progress, report_dir=self.home / "reports",
-                           refine_progress=refine_progress)
+                           refine_progress=refine_progress, allowed_roots=within)
 
     def allowed_paths(self, paths: list[str], roots: list[str | os.PathLike[str]]) -> list[str]:
         """`paths` resolved, each checked to lie inside one of `roots` (what a server may index)."""
-        resolved_roots = [Path(r).expanduser().resolve() for r in roots if str(r)]
-        return [str(resolve_within(raw, resolved_roots)) for raw in paths]
+        return [str(resolve_within(raw, resolve_roots(roots))) for raw in paths]
 
     def add_image(self, data: bytes, collection: str = DEFAULT_COLLECTION, *, name: str | None = None,
                   group_id: str | None = None, tags: list[str] | None = None,
@@ -344,20 +368,40 @@ class Library:
         if not path.is_file():
             raise NotFound(f"image {record.id} was indexed from a file that no longer exists", code="gone")
         try:
-            return read_bytes(path, self.settings.max_file_bytes)
+            data, st = read_file(path, self.settings.max_file_bytes)
         except DecodeError as exc:
             raise NotFound(f"image {record.id} cannot be read: {exc}", code="gone") from exc
+        self._check_unchanged(record, st)
+        # the bytes are in memory anyway: hashing them (~1 GB/s) catches a swap that kept size and mtime
+        if record.content_hash and hashlib.sha256(data).hexdigest() != record.content_hash:
+            raise FileChanged(f"image {record.id}'s file {record.path} no longer holds the picture that was "
+                              "indexed; re-index it to serve the new one")
+        return data
+
+    @staticmethod
+    def _check_unchanged(record: ImageRecord, st: os.stat_result) -> None:
+        """Refuse a catalogued file whose size or mtime differ from its row (it was replaced or edited)."""
+        if st.st_size != record.size or st.st_mtime != record.mtime:
+            raise FileChanged(f"image {record.id}'s file {record.path} changed since it was indexed (size or "
+                              "modification time); re-index it to serve the new one")
 
     def thumbnail(self, collection: str, image_id: int, size: int) -> tuple[bytes, str]:
         """A JPEG of the image whose longest side is `size`, and the content hash it was made from."""
         record = self.get_image(collection, image_id)
         key = (collection, image_id, record.content_hash, size)
+        if key in self._thumbs and not is_upload(record.path) and not self.uploads.has(record.content_hash):
+            try:  # a cached thumbnail is served only while its file still matches the catalogue
+                self._check_unchanged(record, os.stat(record.path))
+            except OSError as exc:
+                raise NotFound(f"image {record.id} was indexed from a file that no longer exists",
+                               code="gone") from exc
         with self._thumb_lock:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
                 return self._thumbs[key], record.content_hash
         data = self._source_bytes(record)
-        image = decode(data, max_pixels=self.settings.max_pixels, draft_size=size, suffix=Path(record.path).suffix)
+        image = decode(data, max_pixels=self.settings.max_pixels, draft_size=size, suffix=Path(record.path).suffix,
+                       wait=self.settings.decode_wait)
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         out = io.BytesIO()
         image.save(out, "JPEG", quality=82, optimize=True)
@@ -370,10 +414,12 @@ class Library:
 
     # -- reading ------------------------------------------------------------------------------
     def _decode_bytes(self, data: bytes, embedder: Embedder, limits: Limits | None, suffix: str = "") -> Image.Image:
+        wait = self.settings.decode_wait  # a request's decode waits this long for decode memory, then Busy
         if limits is not None:
             return decode_upload(data, max_bytes=limits.max_bytes, max_pixels=min(limits.max_pixels,
-                                 self.settings.max_pixels), draft_size=embedder.draft_size)
-        return decode(data, max_pixels=self.settings.max_pixels, draft_size=embedder.draft_size, suffix=suffix)
+                                 self.settings.max_pixels), draft_size=embedder.draft_size, wait=wait)
+        return decode(data, max_pixels=self.settings.max_pixels, draft_size=embedder.draft_size, suffix=suffix,
+                      wait=wait)
 
     def _picture(self, query: str | os.PathLike[str] | bytes | Image.Image, embedder: Embedder,
                  limits: Limits | None) -> Image.Image:
@@ -396,9 +442,13 @@ class Library:
             if not rotation_invariant:
                 return self.store.vectors(collection, [query])[0]
             record = self.store.get(collection, [query])
-            if not record or not os.path.isfile(record[0].path):
+            try:  # the catalogued bytes, checked as /file checks them; else the stored vector
+                source = self._source_bytes(record[0]) if record else None
+            except LookalikeError:
+                source = None
+            if source is None:
                 return self.store.vectors(collection, [query])[0]  # raises for an unknown id
-            query = record[0].path
+            query, limits = source, None  # a catalogued file: the library's limits, not the upload ones
         started = time.perf_counter()
         image = self._picture(query, embedder, limits)  # type: ignore[arg-type]
         if timings is not None:
@@ -413,11 +463,21 @@ class Library:
     def search(self, query: Query | None = None, *, k: int = 10, collection: str = DEFAULT_COLLECTION,
                text: str | None = None, flt: Filter | None = None, min_score: float | None = None,
                model: str | None = None, expand: bool = True, rotation_invariant: bool = False,
-               limits: Limits | None = None, timings: dict[str, float] | None = None) -> list[Hit]:
+               limits: Limits | None = None, timings: dict[str, float] | None = None,
+               copies: bool = False) -> list[Hit]:
         """Top-k images like `query` (a path, bytes, PIL image or stored id) or like `text`.
-        `timings`, if given, receives the seconds spent decoding (picture queries), embedding and searching."""
+        `timings`, if given, receives the seconds spent decoding (picture queries), embedding and searching.
+        `copies`: only the images verified as copies of the query picture (see `copies`)."""
         if query is None and text is None:
             raise LookalikeError("give a query image, an image id, or --text", code="no-query")
+        if copies:
+            if text is not None:
+                raise LookalikeError("copies of a text? give a query image or an image id", code="bad-request")
+            started = time.perf_counter()
+            found = self.copies(query, k=k, collection=collection, flt=flt, limits=limits)  # type: ignore[arg-type]
+            if timings is not None:
+                timings.update(embed=0.0, search=time.perf_counter() - started)
+            return found  # type: ignore[return-value]
         if self.count(collection) == 0:
             raise EmptyLibrary(f"collection '{collection}' is empty; add images with "
                                f"`lookalike index PATH --collection {collection}`")
@@ -448,10 +508,12 @@ class Library:
         return nearest(self.store, collection, vector, k, flt=flt, exclude_ids=exclude_ids, min_score=min_score)
 
     def compare(self, a: Query, b: Query, *, collection: str | None = None, model: str | None = None,
-                limits: Limits | None = None) -> Comparison:
-        """How alike two pictures are: a score in [0, 1] (their plain cosine) and a verdict. Each of `a`
-        and `b` is a path, bytes, a PIL image, or the id of an image in `collection` (whose model is then
-        used; else `model` or the default)."""
+                limits: Limits | None = None) -> PairVerdict:
+        """Is one picture a copy of the other? `score` in [0, 1] is the copy confidence (local features,
+        geometry and pixels: dupes/verify.py), `verdict` "duplicate" for copies, else "similar" or
+        "different" by the plain cosine (`similarity`). Each of `a` and `b` is a path, bytes, a PIL
+        image, or the id of an image in `collection` (whose model is then used; else `model` or the
+        default)."""
         embedder = self.collection_embedder(collection, model) if collection else self.embedder(model)
 
         def vector(x: Query, label: str) -> np.ndarray:
@@ -465,9 +527,175 @@ class Library:
             except LookalikeError as exc:
                 raise exc.reworded(f"image {label}: ") from None
 
+        def picture(x: Query, label: str) -> Image.Image:
+            try:
+                if isinstance(x, int):
+                    return self._record_picture(self.get_image(collection, x))  # type: ignore[arg-type]
+                return self._picture(x, embedder, limits)  # type: ignore[arg-type]
+            except LookalikeError as exc:
+                raise exc.reworded(f"image {label}: ") from None
+
+        from .dupes import verify
+
         va, vb = vector(a, "a"), vector(b, "b")
-        return compare_vectors(va, vb, model=embedder.name, metric=embedder.metric, dim=embedder.dim,
-                               thresholds=self.settings.thresholds())
+        similarity = compare_vectors(va, vb, model=embedder.name, metric=embedder.metric, dim=embedder.dim,
+                                     thresholds=self.settings.thresholds())
+        pa, pb = picture(a, "a"), picture(b, "b")
+        copy = verify.compare(pa, pb)
+        copy.cosine = similarity.score
+        return verify.PairVerdict(similarity, copy, similar_at=self.settings.thresholds().similar)
+
+    # -- copies and near-duplicates (dupes/) ---------------------------------------------------
+    def _record_picture(self, record: ImageRecord) -> Image.Image:
+        """An indexed image's picture, for the copy check (the stored upload or the catalogued file)."""
+        from .dupes.verify import WORK_SIDE
+
+        return decode(self._source_bytes(record), max_pixels=self.settings.max_pixels, draft_size=WORK_SIDE,
+                      suffix=Path(record.path).suffix)
+
+    def dupes(self, collection: str = DEFAULT_COLLECTION, *, depth: int | None = None,
+              min_cosine: float | None = None, progress: DupesProgress | None = None) -> DupesReport:
+        """Every group of copies in a collection, with the evidence per pair (dupes/groups.py). Pairs
+        marked "not duplicates" are never grouped; groups already resolved are left out."""
+        from .dupes import Decisions, find_groups
+        from .dupes.cache import TurnedVectors
+        from .dupes.groups import DEPTH, MIN_COSINE
+
+        metric, _ = self.store.collection_settings(collection)  # raises UnknownCollection
+        with Decisions.of_library(self.home) as decisions, TurnedVectors.of_library(self.home) as turned:
+            views = self._turned_views(collection, turned) if metric == "cosine" else None
+            return find_groups(self.store, collection, self._record_picture, depth=depth or DEPTH,
+                               min_cosine=MIN_COSINE if min_cosine is None else min_cosine,
+                               decisions=decisions, progress=progress, extra_views=views)
+
+    def _turned_views(self, collection: str, cache: Any) -> Any:
+        """ids -> the vectors of their pictures turned by 90 degrees (dupes/cache.py), zeros where a
+        picture can't be read; embedded once per content hash and model, then cached."""
+        embedder = self.collection_embedder(collection)
+
+        def views(ids: list[int]) -> np.ndarray:
+            records = {r.id: r for r in self.store.get(collection, ids)}
+            hashes = [records[i].content_hash if i in records else "" for i in ids]
+            known = cache.get(embedder.name, [h for h in hashes if h])
+            todo = {h: records[i] for i, h in zip(ids, hashes, strict=True) if h and h not in known}
+            pictures: dict[str, Image.Image] = {}
+            for h, r in todo.items():
+                with suppress(LookalikeError, OSError):
+                    pictures[h] = self._record_picture(r).transpose(Image.Transpose.ROTATE_90)
+            keys = list(pictures)
+            new: dict[str, np.ndarray] = {}
+            for start in range(0, len(keys), 32):
+                batch = keys[start:start + 32]
+                new.update(zip(batch, embedder.embed_images([pictures[h] for h in batch]), strict=True))
+            if new:
+                cache.put(embedder.name, new)
+            known.update(new)
+            out = np.zeros((len(ids), embedder.dim), np.float32)
+            for row, h in enumerate(hashes):
+                if h in known:
+                    out[row] = known[h]
+            return out
+
+        return views
+
+    def dupes_plan(self, report: DupesReport, *, keep: str = "best", mode: str = "move",
+                   target: str | os.PathLike[str] | None = None) -> Plan:
+        """What acting on a report's groups would do; nothing changes (dupes/actions.py)."""
+        from .dupes import plan_actions
+
+        return plan_actions(report.groups, keep=keep, mode=mode, target=target, library_home=self.home)
+
+    def dupes_apply(self, plan: Plan, collection: str = DEFAULT_COLLECTION) -> Plan:
+        """Carry out a plan: files moved (or trashed, or replaced by links), a manifest written, the
+        moved files forgotten by the catalogue and their groups remembered as resolved."""
+        from .dupes import Decisions, apply_plan
+
+        apply_plan(plan, self.home, collection=collection)
+        done = [a.image_id for a in plan.actions if a.image_id is not None]
+        if done:
+            self.store.remove(collection, done)
+            refine.refresh(self.store, collection)
+            self.store.flush()
+        acted = {a.content_hash for a in plan.actions}
+        with Decisions.of_library(self.home) as decisions:
+            for g in plan.groups:
+                if g.hashes & acted:
+                    decisions.mark_resolved(g.hashes, action=plan.mode)
+        return plan
+
+    def dupes_undo(self, manifest: str | os.PathLike[str]) -> UndoReport:
+        """Put back everything a manifest of this library records, re-index the restored files and
+        forget the groups' resolution."""
+        from .dupes import Decisions, undo
+
+        result = undo(manifest, self.home)
+        with Decisions.of_library(self.home) as decisions:
+            decisions.forget_resolved(result.hashes)
+        if result.restored and result.collection:
+            with suppress(UnknownCollection):
+                self.index(result.restored, collection=result.collection)
+        return result
+
+    def not_duplicates(self, targets: list[Query], collection: str = DEFAULT_COLLECTION) -> int:
+        """Remember that these pictures (paths, or ids in `collection`) are not copies of each other:
+        no later `dupes` groups them. Returns the number of new pairs."""
+        from .dupes import Decisions
+
+        if len(targets) < 2:
+            raise LookalikeError("--not-duplicates needs two or more images", code="bad-request")
+        hashes = []
+        for t in targets:
+            if isinstance(t, int):
+                hashes.append(self.get_image(collection, t).content_hash)
+                continue
+            if isinstance(t, bytes | bytearray):
+                hashes.append(hashlib.sha256(t).hexdigest())
+                continue
+            path = Path(t).expanduser()  # type: ignore[arg-type]
+            if not path.is_file():
+                raise NotFound(f"image '{t}' does not exist or is not a file")
+            hashes.append(hashlib.sha256(read_bytes(path, self.settings.max_file_bytes)).hexdigest())
+        if len(set(hashes)) < 2:
+            raise LookalikeError("these files have the same bytes: they are copies", code="bad-request")
+        with Decisions.of_library(self.home) as decisions:
+            return decisions.mark_not_duplicates(hashes)
+
+    def copies(self, query: Query, *, k: int = 10, collection: str = DEFAULT_COLLECTION,
+               flt: Filter | None = None, limits: Limits | None = None) -> list[CopyHit]:
+        """Only the indexed images verified as copies of `query`, best first; `score` is the copy
+        confidence in [0, 1]. Candidates: the query's nearest neighbours by plain cosine (searched
+        with the picture as it is and turned by 90 and 270 degrees, so sideways copies are among them)."""
+        from .dupes import FeatureCache, copies_of, verify
+        from .dupes.groups import DEPTH, MIN_COSINE, CopyHit
+
+        if self.count(collection) == 0:
+            raise EmptyLibrary(f"collection '{collection}' is empty; add images with "
+                               f"`lookalike index PATH --collection {collection}`")
+        embedder = self.collection_embedder(collection)
+        if isinstance(query, int):
+            record = self.get_image(collection, query)
+            picture, vector = self._record_picture(record), self.store.vectors(collection, [query])[0]
+        else:
+            picture = self._picture(query, embedder, limits)  # type: ignore[arg-type]
+            vector = embedder.embed_images([picture])[0]
+        depth = max(DEPTH, k)
+        candidates: dict[int, float] = {}
+        turned = embedder.embed_images([picture.transpose(Image.Transpose.ROTATE_90),
+                                        picture.transpose(Image.Transpose.ROTATE_270)])
+        for v in (vector, *turned):
+            for hit in nearest(self.store, collection, v, depth, flt=flt,
+                               exclude_ids={query} if isinstance(query, int) else None):
+                candidates.setdefault(hit.id, 0.0)
+        ids = sorted(candidates)
+        plain = self.store.vectors(collection, ids) if ids else np.zeros((0, len(vector)), np.float32)
+        metric, _ = self.store.collection_settings(collection)
+        pairs = [(i, max(float(np.dot(plain[n], v)) for v in (vector, *turned)) if metric == "cosine" else 1.0)
+                 for n, i in enumerate(ids)]
+        pairs = [(i, c) for i, c in pairs if c >= MIN_COSINE or metric != "cosine"]
+        records = {r.id: r for r in self.store.get(collection, [i for i, _ in pairs])}
+        cache = FeatureCache(records.__getitem__, self._record_picture, size=len(pairs) + 1)
+        found = copies_of(verify.extract(picture), pairs, cache)[:k]
+        return [CopyHit(i, records[i].path, c.score, records[i], comparison=c) for i, c in found]
 
     # -- refinement ---------------------------------------------------------------------------
     def refresh(self, collection: str = DEFAULT_COLLECTION) -> int:

@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from ..library import Library
 from . import errors
 from .middleware import BodyLimit, Observe
-from .routes import collections, images, jobs, search, system
+from .routes import collections, dupes, images, jobs, search, system
 from .settings import ServerSettings
 from .state import ServiceState
 
@@ -64,6 +64,6 @@ def create_app(library: Library | None = None, *, home: str | os.PathLike[str] |
     errors.install(app)
 
     app.mount("/static", StaticFiles(directory=system.STATIC), name="static")
-    for module in (system, search, collections, images, jobs):
+    for module in (system, search, collections, images, jobs, dupes):
         app.include_router(module.router)
     return app

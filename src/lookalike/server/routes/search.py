@@ -31,6 +31,8 @@ SEARCH_OPENAPI: dict[str, Any] = {
              "query expansion on the collection's refined index (false: plain cosine ranking)"),
             ("rotation_invariant", {"type": "boolean", "default": False},
              "also find copies rotated by 90/180/270 degrees (embeds the query 4 times)"),
+            ("copies", {"type": "boolean", "default": False},
+             "only images verified as copies of the query; score = copy confidence in [0, 1]"),
             ("group_id", {"type": "string"}, "only images with this group id"),
             ("tag", {"type": "array", "items": {"type": "string"}}, "only images carrying every tag"),
             ("where", {"type": "array", "items": {"type": "string"}}, "metadata KEY=VALUE (repeatable)"),
@@ -138,6 +140,7 @@ async def search(request: Request) -> JSONResponse:
     collection = str(params.get("collection") or DEFAULT_COLLECTION)
     expand = bool_param(params, "expand", True)
     rotation_invariant = bool_param(params, "rotation_invariant", False)
+    copies = bool_param(params, "copies", False)
     flt = search_filter(params)
 
     def run() -> dict[str, Any]:
@@ -145,13 +148,16 @@ async def search(request: Request) -> JSONResponse:
         timings: dict[str, float] = {}
         hits = state.lib.search(image if image is not None else image_id, k=k, collection=collection, text=text,
                                 flt=flt, min_score=min_score, expand=expand, rotation_invariant=rotation_invariant,
-                                limits=state.limits, timings=timings)
+                                limits=state.limits, timings=timings, copies=copies)
         if "decode" in timings:
             state.metrics.search_steps.labels("decode").observe(timings["decode"])
         state.metrics.search_steps.labels("embed+nearest").observe(timings["embed"] + timings["search"])
         return {"collection": collection, "model": state.lib.info(collection).model, "k": k, "expand": expand,
                 "rotation_invariant": rotation_invariant, "took_ms": round((time.perf_counter() - started) * 1000, 2),
-                "results": [state.record_out(collection, h.record, h.score, rank) for rank, h in enumerate(hits, 1)]}
+                **({"copies": True} if copies else {}),
+                "results": [{**state.record_out(collection, h.record, h.score, rank),
+                             **({"copy": h.comparison.to_dict()} if copies else {})}  # type: ignore[attr-defined]
+                            for rank, h in enumerate(hits, 1)]}
 
     return JSONResponse(await run_in_threadpool(run))
 

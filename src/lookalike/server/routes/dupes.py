@@ -1,0 +1,89 @@
+"""Copies in a collection: a background dupes job with progress, and "not duplicates" decisions."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi import Path as PathParam
+from pydantic import BaseModel, Field
+
+from ...errors import LookalikeError
+from ..errors import ApiError
+from ..state import ServiceState, require_key, service
+
+router = APIRouter(tags=["dupes"])
+KEEP_JOBS = 20  # finished dupes jobs kept in memory (their reports can be large)
+CollectionName = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", max_length=64)]
+JobId = Annotated[str, PathParam(max_length=64, description="a dupes job's id")]
+
+
+class DupesJob:
+    def __init__(self, collection: str) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.collection = collection
+        self.state, self.stage, self.done, self.total = "running", "starting", 0, None
+        self.created, self.finished = time.time(), None
+        self.result: dict[str, Any] | None = None
+        self.error: dict[str, str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "collection": self.collection, "state": self.state, "stage": self.stage,
+                "done": self.done, "total": self.total,
+                "progress": round(self.done / self.total, 4) if self.total else (1.0 if self.state == "done" else 0.0),
+                "created": self.created, "finished": self.finished, "result": self.result, "error": self.error}
+
+
+_jobs: dict[str, DupesJob] = {}
+_lock = threading.Lock()
+
+
+def _run(state: ServiceState, job: DupesJob) -> None:
+    def progress(stage: str, done: int, total: int) -> None:
+        job.stage, job.done, job.total = stage, done, total
+
+    try:
+        job.result = state.lib.dupes(job.collection, progress=progress).to_dict()
+        job.state = "done"
+    except LookalikeError as exc:
+        job.state, job.error = "failed", {"error": exc.code, "message": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - reported in the job, never lost in a thread
+        job.state, job.error = "failed", {"error": "internal", "message": f"{type(exc).__name__}: {exc}"}
+    job.finished = time.time()
+
+
+@router.post("/api/collections/{collection}/dupes", status_code=202,
+             summary="Find the groups of copies in a collection (a background job; poll its url)")
+def start_dupes(collection: CollectionName, state: ServiceState = Depends(service)) -> dict[str, Any]:
+    state.lib.info(collection)  # 404 now for an unknown collection
+    job = DupesJob(collection)
+    with _lock:
+        finished = sorted((j for j in _jobs.values() if j.state != "running"), key=lambda j: j.created)
+        for old in finished[:max(0, len(finished) - KEEP_JOBS + 1)]:
+            _jobs.pop(old.id, None)
+        _jobs[job.id] = job
+    threading.Thread(target=_run, args=(state, job), name=f"dupes-{job.id}", daemon=True).start()
+    return {**job.to_dict(), "url": f"/api/dupes/{job.id}"}
+
+
+@router.get("/api/dupes/{job_id}", summary="A dupes job's state, progress and (when done) its groups")
+def get_dupes(job_id: JobId) -> dict[str, Any]:
+    job = _jobs.get(job_id)
+    if job is None:
+        raise ApiError(404, "unknown-job", f"no dupes job '{job_id}' (jobs are kept in memory until restart)")
+    return job.to_dict()
+
+
+class NotDuplicates(BaseModel):
+    ids: list[Annotated[int, Field(ge=1)]] = Field(min_length=2, max_length=100, description="indexed images' ids")
+
+
+@router.post("/api/collections/{collection}/not-duplicates", dependencies=[Depends(require_key)],
+             summary="Remember that these images are not copies of each other (never grouped again)")
+def not_duplicates(collection: CollectionName, body: NotDuplicates,
+                   state: ServiceState = Depends(service)) -> dict[str, Any]:
+    return {"collection": collection, "ids": body.ids,
+            "new_pairs": state.lib.not_duplicates(list(body.ids), collection)}

@@ -1,0 +1,111 @@
+"""Library.dupes / compare / search(copies=True) and the `lookalike dupes` command, with the default model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lookalike import Library
+from lookalike.errors import LookalikeError
+from tests.conftest import cli_env
+
+
+@pytest.fixture(scope="module")
+def lib_and_folder(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, originals, copies):
+    home = tmp_path_factory.mktemp("dupes-home")
+    (home / "models").symlink_to(model_cache, target_is_directory=True)
+    folder = tmp_path_factory.mktemp("dupes-photos")
+    for p in originals:
+        shutil.copy(p, folder)
+    for c, _ in copies.values():
+        shutil.copy(c, folder)
+    shutil.copy(originals[5], folder / "exact_copy_of_5.jpg")
+    lib = Library.open(home)
+    lib.index([folder], "p")
+    yield lib, folder
+    lib.close()
+
+
+def group_names(report) -> list[set[str]]:
+    return [{Path(r.path).name for r in g.images} for g in report.groups]
+
+
+def test_dupes_groups_copies_and_not_other_photos(lib_and_folder, copies, originals) -> None:
+    lib, _ = lib_and_folder
+    report = lib.dupes("p")
+    groups = group_names(report)
+    for copy, original in copies.values():
+        assert any({copy.name, original.name} <= g for g in groups), (copy.name, groups)
+    for g in groups:
+        assert len(g & {p.name for p in originals}) <= 1, g
+
+
+def test_compare_scores_copies_and_keeps_the_cosine(lib_and_folder, copies, originals) -> None:
+    lib, _ = lib_and_folder
+    copy, original = copies["rot90"]
+    c = lib.compare(copy, original)
+    d = c.to_dict()
+    assert d["verdict"] == "duplicate" and 0.5 <= d["score"] <= 1 and "similarity" in d and d["copy"]["inliers"] > 10
+    other = lib.compare(originals[0], originals[2]).to_dict()  # another photo of the same object
+    assert other["verdict"] in ("similar", "different") and 0 <= other["score"] < 0.5
+
+
+def test_search_copies_returns_only_verified_copies(lib_and_folder, copies, originals) -> None:
+    lib, _ = lib_and_folder
+    copy, original = copies["tilt_border"]
+    hits = lib.search(copy, k=10, collection="p", copies=True)
+    assert hits and Path(hits[0].path).name in {original.name, copy.name}
+    names = {Path(h.path).name for h in hits}
+    assert not names & ({p.name for p in originals} - {original.name})
+    assert all(0.5 <= h.score <= 1 for h in hits)
+    unrelated = lib.search(originals[14], k=10, collection="p", copies=True)
+    assert {Path(h.path).name for h in unrelated} <= {originals[14].name}
+
+
+def test_cli_dupes_plan_apply_undo_and_not_duplicates(lib_and_folder, copies, tmp_path: Path) -> None:
+    lib, folder = lib_and_folder
+    env = cli_env(lib.home)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lookalike.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    out = run("dupes", "-c", "p", "--json")
+    assert out.returncode == 0, out.stderr
+    groups = json.loads(out.stdout)["groups"]
+    assert groups and all(len(g["images"]) >= 2 and g["evidence"] for g in groups)
+    before = sorted(p.name for p in folder.iterdir())
+    dry = run("dupes", "-c", "p", "--keep", "best", "--move-to", str(tmp_path / "dupes"))
+    assert dry.returncode == 0 and "dry run" in dry.stdout
+    assert sorted(p.name for p in folder.iterdir()) == before
+    inside = run("dupes", "-c", "p", "--move-to", str(lib.home / "x"), "--apply")
+    assert inside.returncode == 1 and inside.stderr.count("\n") == 1 and "library folder" in inside.stderr
+    done = run("dupes", "-c", "p", "--move-to", str(tmp_path / "dupes"), "--apply", "--json")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(done.stdout)["plan"]["manifest"]
+    assert len(list(folder.iterdir())) < len(before)
+    assert run("dupes", "-c", "p", "--json").returncode == 0
+    undone = run("dupes", "--undo", manifest)
+    assert undone.returncode == 0, undone.stderr
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert lib.count("p") == len(before)  # restored files are indexed again
+    copy, original = copies["crop"]
+    assert run("dupes", "-c", "p", "--not-duplicates", str(folder / copy.name), str(folder / original.name)
+               ).returncode == 0
+    again = json.loads(run("dupes", "-c", "p", "--json").stdout)["groups"]
+    assert not any({copy.name, original.name} <= {Path(i["path"]).name for i in g["images"]} for g in again)
+    bad = run("dupes", "--undo", str(folder / original.name))
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+
+
+def test_not_duplicates_needs_two_different_pictures(lib_and_folder, originals) -> None:
+    lib, _ = lib_and_folder
+    with pytest.raises(LookalikeError):
+        lib.not_duplicates([originals[0]], "p")
+    with pytest.raises(LookalikeError):
+        lib.not_duplicates([originals[0], originals[0]], "p")

@@ -15,6 +15,7 @@ import platformdirs
 
 from .compare import Thresholds
 from .errors import LookalikeError
+from .roots import parse_roots
 
 DEFAULT_COLLECTION = "default"
 
@@ -41,6 +42,11 @@ class Settings:
     qe_k: int = 5  # new collections: query expansion over this many top hits (0: off)
     duplicate_threshold: float = 0.95  # compare: plain cosine at or above -> "duplicate"
     similar_threshold: float = 0.70  # compare: at or above -> "similar"
+    # folders files may be read from (`index`, and the server's index jobs); empty: anywhere for the CLI, and
+    # no server-side indexing. Env: separated by commas or os.pathsep. One list: the server reads it too.
+    allowed_roots: list[str] = field(default_factory=list)
+    decode_memory_mb: int = 0  # pixel memory concurrent decodes may hold at once (0: 1/8 of RAM, 256-1024 MiB)
+    decode_wait: float = 5.0  # seconds a search/upload waits for decode memory before answering "busy"
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -50,6 +56,9 @@ class Settings:
         if config_file.exists():
             with config_file.open("rb") as fh:
                 values.update(tomllib.load(fh))
+            table = values.get("server")
+            if "allowed_roots" not in values and isinstance(table, dict) and "allowed_roots" in table:
+                values["allowed_roots"] = table["allowed_roots"]  # where the server's docs put it
         for f in fields(cls):
             env = os.environ.get(f"LOOKALIKE_{f.name.upper()}")
             if env is not None and f.name != "extra":
@@ -63,6 +72,9 @@ class Settings:
                 extra[key] = value
                 continue
             default = getattr(cls(), key)
+            if key == "allowed_roots":
+                kwargs[key] = parse_roots(value)
+                continue
             try:
                 kwargs[key] = type(default)(value) if isinstance(default, int | float | str) else value
             except (TypeError, ValueError) as exc:

@@ -9,12 +9,18 @@ from __future__ import annotations
 import io
 import os
 import stat
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import DecodeError
+from .errors import Busy, DecodeError
+from .roots import is_within, outside_detail
 
 try:  # HEIC/HEIF (and AVIF on older Pillow) from phones
     import pillow_heif
@@ -40,17 +46,33 @@ def is_image_name(path: Path) -> bool:
 
 
 def walk_images(
-    roots: list[Path], on_error: Callable[[Path, str, str], None] | None = None
+    roots: list[Path], on_error: Callable[[Path, str, str], None] | None = None,
+    within: list[Path] | None = None,
 ) -> Iterator[Path]:
     """Yield image files under `roots` (files or folders), sorted, following symlinks without looping.
 
-    Unreadable folders and symlink loops are reported through `on_error(path, reason, detail)`.
+    Unreadable folders and symlink loops are reported through `on_error(path, reason, detail)`. With
+    `within` (resolved allowed roots), a root, folder or file that resolves outside them (a symlink
+    pointing out) is not followed but reported as `outside-root`.
     """
     seen_dirs: set[tuple[int, int]] = set()
 
     def report(path: Path, reason: str, detail: str) -> None:
         if on_error:
             on_error(path, reason, detail)
+
+    def inside(path: Path) -> bool:
+        if within is None:
+            return True
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on older Pythons
+            report(path, "unreadable", str(exc))
+            return False
+        if is_within(resolved, within):
+            return True
+        report(path, "outside-root", outside_detail(path, resolved))
+        return False
 
     def visit(folder: Path) -> Iterator[Path]:
         try:
@@ -72,8 +94,11 @@ def walk_images(
             path = Path(entry.path)
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
+                is_link = entry.is_symlink()
             except OSError as exc:
                 report(path, "unreadable", exc.strerror or str(exc))
+                continue
+            if is_link and (is_dir or is_image_name(path)) and not inside(path):
                 continue
             if is_dir:
                 if not entry.name.startswith("."):
@@ -89,6 +114,8 @@ def walk_images(
 
     for root in roots:
         root = Path(root).expanduser()
+        if not inside(root):
+            continue
         if root.is_dir():
             yield from visit(root)
         elif root.is_file():
@@ -102,12 +129,18 @@ def walk_images(
 
 def read_bytes(path: Path, max_bytes: int) -> bytes:
     """Read a file, mapping OS errors onto decode reasons."""
+    return read_file(path, max_bytes)[0]
+
+
+def read_file(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
+    """A file's bytes and the stat of the very file they were read from (fstat of the open file, so the
+    size and mtime a catalogue records describe these bytes even if the path is swapped meanwhile)."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise DecodeError("too-large", f"{size} bytes is over the {max_bytes} byte limit")
         with path.open("rb") as fh:
-            return fh.read()
+            st = os.fstat(fh.fileno())
+            if st.st_size > max_bytes:
+                raise DecodeError("too-large", f"{st.st_size} bytes is over the {max_bytes} byte limit")
+            return fh.read(), st
     except PermissionError as exc:
         raise DecodeError("unreadable", "permission denied") from exc
     except OSError as exc:
@@ -153,17 +186,146 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+class DecodeMemory:
+    """A semaphore counted in bytes: the decodes of one process together hold at most `budget` bytes of
+    pixels, whatever the number of threads asking. A decode bigger than the whole budget runs alone."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, nbytes: int, wait: float | None = None) -> Iterator[None]:
+        n = max(1, min(int(nbytes), self.budget))
+        deadline = None if wait is None else time.monotonic() + wait
+        with self._cond:
+            while self.used + n > self.budget:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise Busy(f"the server is decoding as many images as its decode memory allows "
+                               f"({self.budget // MiB} MiB); try again in a moment", retry_after=1)
+                self._cond.wait(remaining)
+            self.used += n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
+def default_decode_budget() -> int:
+    """1/8 of the machine's memory, between 256 MiB and 1 GiB."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = 8 * 1024 * MiB
+    return max(256 * MiB, min(1024 * MiB, total // 8))
+
+
+MiB = 1024 * 1024
+MEMORY = DecodeMemory(default_decode_budget())
+REDUCE_ABOVE = 4_000_000  # pixels: bigger pictures are box-reduced right after loading (see `decode`)
+TRIM_ABOVE = 64 * MiB  # after a decode this big, hand freed memory back to the OS
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}  # else 4 (Pillow's RGB too)
+_REDUCIBLE = {"L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "F"}
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def configure_memory(budget_mb: int) -> None:
+    """Set this process's decode memory (MiB; 0: the default), and make freed image memory go back to the
+    OS (glibc would otherwise keep big freed blocks in its heaps: RSS stays at the peak)."""
+    MEMORY.budget = budget_mb * MiB if budget_mb > 0 else default_decode_budget()
+    _tune_malloc()
+
+
+def _reduce_factor(size: tuple[int, int], draft_size: int | None) -> int:
+    width, height = size
+    if not draft_size or width * height <= REDUCE_ABOVE:
+        return 1
+    return max(1, min(width, height) // (2 * draft_size))
+
+
+def _decode_cost(img: Image.Image, draft_size: int | None) -> int:
+    """Bytes a decode of `img` holds at its peak: the full buffer, a converted copy if the mode can't be
+    reduced, and the (small, copied a few times) result."""
+    width, height = img.size
+    full = width * height * _PIXEL_BYTES.get(img.mode, 4)
+    factor = _reduce_factor(img.size, draft_size)
+    if factor == 1:
+        return full + (0 if img.mode == "RGB" else 3 * width * height * 4)
+    convert = 0 if img.mode in _REDUCIBLE else width * height * 4
+    return full + convert + 4 * (width // factor) * (height // factor) * 4
+
+
+def _reduce_big(img: Image.Image, draft_size: int | None) -> Image.Image | None:
+    """A loaded big picture box-reduced (and turned upright) before anything copies it; None if small."""
+    factor = _reduce_factor(img.size, draft_size)
+    if factor < 2:
+        return None
+    orientation = img.getexif().get(0x0112, 1)
+    if img.mode not in _REDUCIBLE:
+        img = to_rgb(img)
+    small = img.reduce(factor)
+    method = _TRANSPOSE.get(orientation)
+    return small.transpose(method) if method else small
+
+
+_MALLOC_TUNED = False
+
+
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name else None
+
+
+def _tune_malloc() -> None:
+    """glibc: a fixed mmap threshold (1 MiB), so Pillow's 16 MiB image blocks are mmapped and unmapped
+    on free instead of the threshold rising to their size and the heap keeping them."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or not sys.platform.startswith("linux"):
+        return
+    _MALLOC_TUNED = True
+    try:
+        libc = _libc()
+        if libc is not None and hasattr(libc, "mallopt"):
+            libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+    except OSError:
+        pass
+
+
+def _malloc_trim() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = _libc()
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass
+
+
 def decode(
     data: bytes,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: int | None = None,
     suffix: str = "",
+    wait: float | None = None,
 ) -> Image.Image:
     """Decode image bytes to an upright RGB picture.
 
     `draft_size`: the smallest side the caller needs; big JPEGs are decoded at a reduced scale (DCT
-    scaling), which is several times faster for phone photos. Raises DecodeError.
+    scaling), which is several times faster for phone photos, and other big pictures (PNG has no draft
+    mode) are box-reduced right after loading, to no less than twice that side, before any copy is made.
+    Every decode holds its pixel memory from `MEMORY` (see `DecodeMemory`); `wait`: seconds to wait for
+    it before raising Busy (None: as long as it takes). Raises DecodeError.
     """
     if not data:
         raise DecodeError("empty", "zero-byte file")
@@ -188,9 +350,16 @@ def decode(
             img.seek(0)  # animated GIF/WebP/APNG: the first frame stands for the file
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
-        img.load()
-        img = ImageOps.exif_transpose(img) or img
-        return to_rgb(img)
+        cost = _decode_cost(img, draft_size)
+        with MEMORY.hold(cost, wait):
+            img.load()
+            reduced = _reduce_big(img, draft_size)
+            img = reduced if reduced is not None else (ImageOps.exif_transpose(img) or img)
+            out = to_rgb(img)
+            del img, reduced  # the full-size buffer goes before the memory is handed back
+        if cost >= TRIM_ABOVE:
+            _malloc_trim()
+        return out
     except DecodeError:
         raise
     except OSError as exc:
@@ -227,7 +396,8 @@ def sniff(data: bytes) -> str | None:
     return next((name for name, test in _MAGIC if test(data[:16])), None)
 
 
-def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, draft_size: int | None = None,
+                  wait: float | None = None) -> Image.Image:
     """Decode bytes a client sent: size, emptiness and content type are checked before any decoding, and
     every failure is a DecodeError whose message is one sentence a user can act on."""
     if len(data) > max_bytes:
@@ -238,6 +408,6 @@ def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, draft_size: i
         raise DecodeError("not-an-image", message="the upload is not an image (JPEG, PNG, GIF, WebP, BMP, TIFF, "
                                                   "HEIC or AVIF, judged by its content)")
     try:
-        return decode(data, max_pixels=max_pixels, draft_size=draft_size)
+        return decode(data, max_pixels=max_pixels, draft_size=draft_size, wait=wait)
     except DecodeError as exc:
         raise exc.reworded("cannot read the image: ") from None

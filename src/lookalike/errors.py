@@ -56,6 +56,23 @@ class ModelMismatch(LookalikeError):
     code = "model-mismatch"
 
 
+class FileChanged(LookalikeError):
+    """A catalogued file no longer matches its catalogue row (size, mtime or content): re-index it."""
+
+    code = "file-changed"
+
+
+class Busy(LookalikeError):
+    """The service is at capacity for this kind of work (e.g. decode memory); try again after `retry_after`
+    seconds."""
+
+    code = "busy"
+
+    def __init__(self, message: str = "", *, retry_after: int = 1, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after = retry_after
+
+
 class EmptyLibrary(LookalikeError):
     code = "empty-collection"
 

@@ -24,10 +24,11 @@ import numpy as np
 
 from . import refine
 from .config import Settings
-from .decode import decode, read_bytes, walk_images
+from .decode import decode, read_bytes, read_file, walk_images
 from .embed import Embedder
 from .errors import DecodeError, LookalikeError, ModelMismatch, UnknownCollection
 from .refine import RefineParams
+from .roots import is_within, outside_detail
 from .store import ImageRecord, Store
 
 ProgressFn = Callable[[int, int], None]  # (files done, files to do)
@@ -129,7 +130,10 @@ def index_paths(
     progress: ProgressFn | None = None,
     report_dir: Path | None = None,
     refine_progress: ProgressFn | None = None,
+    allowed_roots: list[Path] | None = None,
 ) -> IndexReport:
+    """Index `roots`. With `allowed_roots` (resolved folders), every walked file must resolve inside one
+    of them (symlinks are followed only where they stay inside); the others are skipped as `outside-root`."""
     settings = settings or Settings()
     roots = [Path(r).expanduser() for r in roots]
     started = time.perf_counter()
@@ -142,7 +146,7 @@ def index_paths(
     known = store.known_files(collection)
     todo: list[tuple[Path, os.stat_result, tuple[int, int, float, str] | None]] = []
     seen: set[str] = set()
-    for path in walk_images(roots, on_walk_error):
+    for path in walk_images(roots, on_walk_error, within=allowed_roots):
         key = file_key(path)
         if key in seen:
             continue
@@ -164,7 +168,14 @@ def index_paths(
         record = ImageRecord(path=file_key(path), size=st.st_size, mtime=st.st_mtime,
                              group_id=group_id, tags=list(tags or []))
         try:
-            data = read_bytes(path, settings.max_file_bytes)
+            source = path
+            if allowed_roots is not None:  # again at read time: the path may have been swapped since the walk
+                source = path.resolve()
+                if not is_within(source, allowed_roots):
+                    return _Prepared(record, error=Skipped(record.path, "outside-root",
+                                                           outside_detail(path, source)))
+            data, read_st = read_file(source, settings.max_file_bytes)
+            record.size, record.mtime = read_st.st_size, read_st.st_mtime  # what /file compares against
             record.content_hash = hashlib.sha256(data).hexdigest()
             if previous is not None and previous[3] == record.content_hash:
                 return _Prepared(record, same_content_id=previous[0])

@@ -30,12 +30,20 @@ from PIL import Image
 from . import refine
 from .compare import compare_vectors
 from .config import DEFAULT_COLLECTION, Settings, library_home
-from .decode import MEDIA_TYPES, decode, decode_upload, read_bytes, sniff, to_rgb
+from .decode import MEDIA_TYPES, configure_memory, decode, decode_upload, read_bytes, read_file, sniff, to_rgb
 from .embed import Embedder, ModelCard, get_embedder, model_cards, resolve
-from .errors import DecodeError, EmptyLibrary, LookalikeError, NotFound, UnknownCollection, UnknownImage
+from .errors import (
+    DecodeError,
+    EmptyLibrary,
+    FileChanged,
+    LookalikeError,
+    NotFound,
+    UnknownCollection,
+    UnknownImage,
+)
 from .ingest import IndexReport as IndexReport
 from .ingest import ProgressFn, check_model, collection_settings, ensure_collection, file_key, index_paths
-from .roots import resolve_within
+from .roots import resolve_roots, resolve_within
 from .search import Hit, nearest
 from .store import CollectionInfo, Filter, ImageRecord, Store, open_store
 from .uploads import UploadStore, is_upload, upload_path
@@ -79,6 +87,7 @@ class Library:
         self._write_lock = threading.Lock()  # uploads: check-then-write of a collection and its upload files
         self._thumbs: OrderedDict[tuple[str, int, str, int], bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
+        configure_memory(self.settings.decode_memory_mb)  # the process's decode memory (decode.MEMORY)
 
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None, **settings: Any) -> Library:
@@ -172,9 +181,19 @@ class Library:
     def index(self, paths: list[str | os.PathLike[str]], collection: str = DEFAULT_COLLECTION, *,
               model: str | None = None, prune: bool = False, group_id: str | None = None,
               tags: list[str] | None = None, index_spec: str = "auto",
-              progress: ProgressFn | None = None, refine_progress: ProgressFn | None = None) -> IndexReport:
+              progress: ProgressFn | None = None, refine_progress: ProgressFn | None = None,
+              allowed_roots: list[str | os.PathLike[str]] | None = None) -> IndexReport:
         """Index files and folders; re-running skips unchanged files (see `ingest`). `progress` follows
-        the files, `refine_progress` the refinement pass that ends the run (rows done, rows to do)."""
+        the files, `refine_progress` the refinement pass that ends the run (rows done, rows to do).
+
+        `allowed_roots` (default: the library's `allowed_roots` setting; empty: no restriction): each path
+        must lie inside one of them, and so must every file the walk reaches (a symlink pointing out is
+        skipped as `outside-root`)."""
+        roots_given = self.settings.allowed_roots if allowed_roots is None else allowed_roots
+        within = resolve_roots(roots_given) if roots_given else None
+        if within is not None:
+            for raw in paths:
+                resolve_within(os.path.abspath(os.path.expanduser(raw)), within)
         try:
             existing = self.store.collection(collection).model
         except LookalikeError:
@@ -183,12 +202,11 @@ class Library:
         return index_paths(self.store, embedder, [Path(p) for p in paths], collection,
                            settings=self.settings, prune=prune, group_id=group_id, tags=tags,
                            index_spec=index_spec, progress=progress, report_dir=self.home / "reports",
-                           refine_progress=refine_progress)
+                           refine_progress=refine_progress, allowed_roots=within)
 
     def allowed_paths(self, paths: list[str], roots: list[str | os.PathLike[str]]) -> list[str]:
         """`paths` resolved, each checked to lie inside one of `roots` (what a server may index)."""
-        resolved_roots = [Path(r).expanduser().resolve() for r in roots if str(r)]
-        return [str(resolve_within(raw, resolved_roots)) for raw in paths]
+        return [str(resolve_within(raw, resolve_roots(roots))) for raw in paths]
 
     def add_image(self, data: bytes, collection: str = DEFAULT_COLLECTION, *, name: str | None = None,
                   group_id: str | None = None, tags: list[str] | None = None,
@@ -350,20 +368,40 @@ class Library:
         if not path.is_file():
             raise NotFound(f"image {record.id} was indexed from a file that no longer exists", code="gone")
         try:
-            return read_bytes(path, self.settings.max_file_bytes)
+            data, st = read_file(path, self.settings.max_file_bytes)
         except DecodeError as exc:
             raise NotFound(f"image {record.id} cannot be read: {exc}", code="gone") from exc
+        self._check_unchanged(record, st)
+        # the bytes are in memory anyway: hashing them (~1 GB/s) catches a swap that kept size and mtime
+        if record.content_hash and hashlib.sha256(data).hexdigest() != record.content_hash:
+            raise FileChanged(f"image {record.id}'s file {record.path} no longer holds the picture that was "
+                              "indexed; re-index it to serve the new one")
+        return data
+
+    @staticmethod
+    def _check_unchanged(record: ImageRecord, st: os.stat_result) -> None:
+        """Refuse a catalogued file whose size or mtime differ from its row (it was replaced or edited)."""
+        if st.st_size != record.size or st.st_mtime != record.mtime:
+            raise FileChanged(f"image {record.id}'s file {record.path} changed since it was indexed (size or "
+                              "modification time); re-index it to serve the new one")
 
     def thumbnail(self, collection: str, image_id: int, size: int) -> tuple[bytes, str]:
         """A JPEG of the image whose longest side is `size`, and the content hash it was made from."""
         record = self.get_image(collection, image_id)
         key = (collection, image_id, record.content_hash, size)
+        if key in self._thumbs and not is_upload(record.path) and not self.uploads.has(record.content_hash):
+            try:  # a cached thumbnail is served only while its file still matches the catalogue
+                self._check_unchanged(record, os.stat(record.path))
+            except OSError as exc:
+                raise NotFound(f"image {record.id} was indexed from a file that no longer exists",
+                               code="gone") from exc
         with self._thumb_lock:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
                 return self._thumbs[key], record.content_hash
         data = self._source_bytes(record)
-        image = decode(data, max_pixels=self.settings.max_pixels, draft_size=size, suffix=Path(record.path).suffix)
+        image = decode(data, max_pixels=self.settings.max_pixels, draft_size=size, suffix=Path(record.path).suffix,
+                       wait=self.settings.decode_wait)
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         out = io.BytesIO()
         image.save(out, "JPEG", quality=82, optimize=True)
@@ -376,10 +414,12 @@ class Library:
 
     # -- reading ------------------------------------------------------------------------------
     def _decode_bytes(self, data: bytes, embedder: Embedder, limits: Limits | None, suffix: str = "") -> Image.Image:
+        wait = self.settings.decode_wait  # a request's decode waits this long for decode memory, then Busy
         if limits is not None:
             return decode_upload(data, max_bytes=limits.max_bytes, max_pixels=min(limits.max_pixels,
-                                 self.settings.max_pixels), draft_size=embedder.draft_size)
-        return decode(data, max_pixels=self.settings.max_pixels, draft_size=embedder.draft_size, suffix=suffix)
+                                 self.settings.max_pixels), draft_size=embedder.draft_size, wait=wait)
+        return decode(data, max_pixels=self.settings.max_pixels, draft_size=embedder.draft_size, suffix=suffix,
+                      wait=wait)
 
     def _picture(self, query: str | os.PathLike[str] | bytes | Image.Image, embedder: Embedder,
                  limits: Limits | None) -> Image.Image:
@@ -402,9 +442,13 @@ class Library:
             if not rotation_invariant:
                 return self.store.vectors(collection, [query])[0]
             record = self.store.get(collection, [query])
-            if not record or not os.path.isfile(record[0].path):
+            try:  # the catalogued bytes, checked as /file checks them; else the stored vector
+                source = self._source_bytes(record[0]) if record else None
+            except LookalikeError:
+                source = None
+            if source is None:
                 return self.store.vectors(collection, [query])[0]  # raises for an unknown id
-            query = record[0].path
+            query, limits = source, None  # a catalogued file: the library's limits, not the upload ones
         started = time.perf_counter()
         image = self._picture(query, embedder, limits)  # type: ignore[arg-type]
         if timings is not None:

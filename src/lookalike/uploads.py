@@ -46,6 +46,10 @@ class UploadStore:
         target = self._file(digest)
         return target.read_bytes() if target is not None and target.is_file() else None
 
+    def has(self, digest: str) -> bool:
+        target = self._file(digest)
+        return target is not None and target.is_file()
+
     def forget_unused(self, digests: set[str], used: Callable[[], set[str]]) -> None:
         """Delete the stored bytes among `digests` that no image refers to any more (`used()` says which do)."""
         present = {d for d in digests if (f := self._file(d)) is not None and f.exists()}

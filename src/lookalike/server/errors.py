@@ -15,8 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (
     AlreadyExists,
+    Busy,
     DecodeError,
     EmptyLibrary,
+    FileChanged,
     LookalikeError,
     ModelMismatch,
     NotFound,
@@ -29,7 +31,7 @@ log = logging.getLogger("lookalike.server")
 
 _STATUS: list[tuple[type[LookalikeError], int]] = [
     (UnknownCollection, 404), (UnknownImage, 404), (NotFound, 404), (NotPermitted, 403),
-    (ModelMismatch, 409), (EmptyLibrary, 409), (AlreadyExists, 409),
+    (ModelMismatch, 409), (EmptyLibrary, 409), (AlreadyExists, 409), (FileChanged, 409), (Busy, 503),
 ]
 _DECODE_STATUS = {"not-an-image": 415, "too-large": 413, "empty": 400}  # other decode failures: 422
 
@@ -64,7 +66,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(LookalikeError)
     async def user_error(request: Request, exc: LookalikeError) -> JSONResponse:
-        return json_error(status_of(exc), exc.code, str(exc), **exc.extra)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+        return json_error(status_of(exc), exc.code, str(exc), headers=headers, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,9 +10,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.datastructures import Headers
+from starlette.routing import Match
+
 from .errors import ApiError, json_error
 from .settings import ServerSettings
-from .state import ServiceState
+from .state import ServiceState, key_refusal, require_key
 
 log = logging.getLogger("lookalike.server")
 DRAIN_CAP = 256 * 1024 * 1024  # bodies over the limit but under this are read and dropped before the 413
@@ -69,6 +72,62 @@ class BodyLimit:
             return msg
 
         await self.app(scope, limited, send)
+
+
+class KeyFirst:
+    """The API key of write routes is checked here, before the body is read or validated, so a client
+    without the key gets 401 (or 403), never a 413 or 422 about a body it may not send. Which routes need
+    it is read from the routes themselves (a `require_key` dependency), so a new route needs no change here."""
+
+    def __init__(self, app: Any, state: ServiceState) -> None:
+        self.app = app
+        self.state = state
+        self._needs: dict[int, bool] = {}
+
+    def needs_key(self, route: Any) -> bool:
+        if id(route) not in self._needs:
+            pending, found = [getattr(route, "dependant", None)], False
+            while pending and not found:
+                dependant = pending.pop()
+                if dependant is None:
+                    continue
+                found = dependant.call is require_key
+                pending.extend(dependant.dependencies)
+            self._needs[id(route)] = found
+        return self._needs[id(route)]
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http" or not self.state.settings.api_key or "app" not in scope:
+            await self.app(scope, receive, send)
+            return
+        route = _matching_route(scope["app"].router.routes, scope)
+        if route is not None and self.needs_key(route):
+            refused = key_refusal(Headers(scope=scope), self.state.settings.api_key)
+            if refused is not None:
+                scope["route"] = route  # for the request's metrics and log line
+                length = dict(scope.get("headers") or []).get(b"content-length", b"")
+                if not length.isdigit() or int(length) <= DRAIN_CAP:
+                    await _drain(receive, more=True)
+                await json_error(refused.status_code, refused.code, str(refused.detail))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _matching_route(routes: list[Any], scope: dict[str, Any]) -> Any:
+    """The endpoint route a request goes to (looking inside included routers, which newer FastAPI keeps
+    whole), or None."""
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match != Match.FULL:
+            continue
+        inner = getattr(route, "original_router", None)
+        if inner is None:
+            return route
+        found = _matching_route(inner.routes, scope)
+        if found is not None:
+            return found
+    return None
 
 
 class Observe:

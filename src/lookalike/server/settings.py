@@ -42,6 +42,8 @@ class ServerSettings:
     def load(cls, settings: Settings | None = None, **overrides: Any) -> ServerSettings:
         values: dict[str, Any] = {}
         if settings is not None:
+            if settings.allowed_roots:  # the library's own list (lookalike.toml, env): one source of truth
+                values["allowed_roots"] = list(settings.allowed_roots)
             extra = dict(settings.extra)
             table = extra.pop("server", {})
             names = {f.name for f in fields(cls)}

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
+from ..errors import NotPermitted
 from ..library import Library, Limits
 from ..store import CollectionInfo, ImageRecord
 from ..uploads import UPLOAD_PREFIX
@@ -27,7 +28,9 @@ class ServiceState:
         self.settings = settings
         self.owns_library = owns_library
         self.limits = Limits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_upload_pixels)
-        self.jobs = JobManager(self._run_job)
+        # shared by every process serving this library; a job keeps the roots it was accepted under
+        self.jobs = JobManager(self._run_job, path=library.home / "jobs.sqlite",
+                               context={"roots": list(settings.allowed_roots)})
         self.metrics = Metrics(library.collections, self.jobs)
         self.ready = False
         self.ready_error: str | None = None
@@ -66,9 +69,13 @@ class ServiceState:
 
     def _run_job(self, job: Job, progress: Callable[[int, int], None]) -> dict[str, Any]:
         opts = job.options
+        roots = opts.get("roots") or self.settings.allowed_roots
+        if not roots:
+            raise NotPermitted("server-side indexing is off: no allowed roots", code="indexing-disabled")
         report = self.lib.index(job.paths, job.collection, model=opts.get("model"), prune=opts.get("prune", False),
                                 group_id=opts.get("group_id"), tags=opts.get("tags") or [],
-                                index_spec=opts.get("index_spec", "auto"), progress=progress)
+                                index_spec=opts.get("index_spec", "auto"), progress=progress,
+                                allowed_roots=roots)
         data = report.to_dict()
         skipped = data.pop("skipped")
         data["skipped"] = skipped[:50]
@@ -87,14 +94,22 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
 
 def require_key(request: Request, key: str | None = Security(api_key_header)) -> None:
     """Write routes' guard: the server's API key in X-API-Key (or `Authorization: Bearer`), if it has one."""
+    refused = key_refusal(request.headers, service(request).settings.api_key)
+    if refused is not None:
+        raise refused
+
+
+def key_refusal(headers: Any, expected: str) -> ApiError | None:
+    """Why a request's headers don't carry the API key `expected` (401: none given, 403: wrong), or None.
+    Also run by middleware.KeyFirst before the body is read."""
     import hmac
 
-    expected = service(request).settings.api_key
     if not expected:
-        return
-    auth = request.headers.get("authorization", "")
-    given = key or (auth[7:].strip() if auth.lower().startswith("bearer ") else "")
+        return None
+    auth = headers.get("authorization", "")
+    given = headers.get("x-api-key") or (auth[7:].strip() if auth.lower().startswith("bearer ") else "")
     if not given:
-        raise ApiError(401, "unauthorized", "this endpoint needs the server's API key in the X-API-Key header")
+        return ApiError(401, "unauthorized", "this endpoint needs the server's API key in the X-API-Key header")
     if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ApiError(403, "forbidden", "the API key is wrong")
+        return ApiError(403, "forbidden", "the API key is wrong")
+    return None

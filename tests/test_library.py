@@ -182,3 +182,13 @@ def test_models_warm_up_and_timings(lib: Library) -> None:
     assert len(hits) == 4 and set(timings) == {"decode", "embed", "search"} and all(v > 0 for v in timings.values())
     with pytest.raises(UnknownImage):
         lib.search(10**9, collection="p")
+
+
+@pytest.mark.parametrize("image_id", [0, -1, 2**63, 36893488147419103232])
+def test_ids_outside_sqlite_range_are_unknown_images_not_crashes(lib: Library, image_id: int) -> None:
+    for call in (lambda: lib.get_image("p", image_id), lambda: lib.image_bytes("p", image_id),
+                 lambda: lib.remove([image_id], "p"), lambda: lib.search(image_id, collection="p"),
+                 lambda: lib.compare(image_id, 1, collection="p")):
+        with pytest.raises(UnknownImage):
+            call()
+    assert lib.store.get("p", [image_id]) == [] and lib.count("p") == 12

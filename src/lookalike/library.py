@@ -43,6 +43,7 @@ from .errors import (
 )
 from .ingest import IndexReport as IndexReport
 from .ingest import ProgressFn, check_model, collection_settings, ensure_collection, file_key, index_paths
+from .names import valid_image_id
 from .roots import resolve_roots, resolve_within
 from .search import Hit, nearest
 from .store import CollectionInfo, Filter, ImageRecord, Store, open_store
@@ -321,6 +322,8 @@ class Library:
                                          "see `lookalike search` or `lookalike info` for what is indexed")
                 ids.extend(under)
         ids = sorted(set(ids))
+        if bad := [i for i in ids if not valid_image_id(i)]:
+            raise UnknownImage(f"no image with id {bad[0]} in collection '{collection}'")
         hashes = {r.content_hash for r in self.store.get(collection, ids)} if ids else set()
         removed = self.store.remove(collection, ids)
         refine.refresh(self.store, collection)
@@ -346,7 +349,7 @@ class Library:
     def get_image(self, collection: str, image_id: int) -> ImageRecord:
         """One image's catalogue row; UnknownImage if the collection holds no such id."""
         self.store.collection_settings(collection)
-        found = self.store.get(collection, [image_id])
+        found = self.store.get(collection, [image_id]) if valid_image_id(image_id) else []
         if not found:
             raise UnknownImage(f"no image with id {image_id} in collection '{collection}'")
         return found[0]

@@ -338,7 +338,7 @@ def test_create_collection_with_model_and_index_settings_then_drop_it(client: Te
 
 
 @pytest.mark.parametrize(("body", "status"), [
-    ({"name": "bad name!"}, 400), ({"name": "x", "model": "no-such-model"}, 400),
+    ({"name": "bad name!"}, 422), ({"name": "x", "model": "no-such-model"}, 400),
     ({"name": "x", "index_spec": "NotAFactory"}, 400), ({}, 422),
 ])
 def test_create_collection_refuses_bad_settings(client: TestClient, body: dict, status: int) -> None:
@@ -458,6 +458,11 @@ def test_image_endpoints_404_on_unknown_ids_and_validate_them(client: TestClient
     assert r.status_code == 404
     r = client.get("/api/collections/uk/images/abc")
     assert r.status_code == 422 and r.json()["error"] == "invalid-request"
+    for suffix in ("", "/file", "/thumbnail"):  # past SQLite's integer range: refused by the schema, not a 500
+        r = client.get(f"/api/collections/uk/images/36893488147419103232{suffix}")
+        assert r.status_code == 422 and r.json()["error"] == "invalid-request"
+    r = client.put("/api/collections/uk/images/count", headers=WRITE)  # a sibling route's name is not an id
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
     assert client.get("/api/collections/nope/images/count").status_code == 404
 
 

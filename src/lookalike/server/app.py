@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 
 from ..library import Library
 from . import errors
-from .middleware import BodyLimit, Observe
+from .middleware import BodyLimit, KeyFirst, Observe
 from .routes import collections, dupes, images, jobs, search, system
 from .settings import ServerSettings
 from .state import ServiceState
@@ -41,6 +41,7 @@ def create_app(library: Library | None = None, *, home: str | os.PathLike[str] |
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         threading.Thread(target=state.warm_up, name="warm-up", daemon=True).start()
+        state.jobs.start()  # also runs jobs other processes on this library queued
         yield
         state.shutting_down = True
         log.info("shutting down", extra={"running_jobs": state.jobs.running})
@@ -57,6 +58,7 @@ def create_app(library: Library | None = None, *, home: str | os.PathLike[str] |
     app.state.service = state
 
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(KeyFirst, state=state)  # outside BodyLimit: no key, 401 before any 413 or 422
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Request-ID"])
@@ -66,4 +68,12 @@ def create_app(library: Library | None = None, *, home: str | os.PathLike[str] |
     app.mount("/static", StaticFiles(directory=system.STATIC), name="static")
     for module in (system, search, collections, images, jobs, dupes):
         app.include_router(module.router)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:  # the schema states this server's own limit on k
+        if app.openapi_schema is None:
+            search.declare_max_k(generate(), settings.max_k)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path
+from starlette.convertors import StringConvertor, register_url_convertor
+
+from ..names import COLLECTION_NAME, MAX_IMAGE_ID
 from ..store import Filter
 from .errors import ApiError
+
+CollectionName = Annotated[str, Path(pattern=COLLECTION_NAME, max_length=64,
+                                     description="collection name: 1-64 letters, digits, '_' or '-'")]
+ImageId = Annotated[int, Path(ge=1, le=MAX_IMAGE_ID, description="an image's id in the collection")]
+JobId = Annotated[str, Path(max_length=64, description="an index job's id")]
+
+
+class ImageIdConvertor(StringConvertor):
+    """Path segments that can be an image id: anything but the name of a sibling route (`count`, `bulk`),
+    so `PUT .../images/count` is a 405 with the right Allow header, not an attempt to replace image "count".
+    Values that are not integers still reach validation and get its 422."""
+
+    regex = r"(?!(?:count|bulk)/?$)[^/]+"
+
+
+register_url_convertor("image_id", ImageIdConvertor())
 
 
 def split_tags(values: list[str] | None) -> list[str]:
@@ -18,7 +38,8 @@ def split_tags(values: list[str] | None) -> list[str]:
 
 
 def metadata_json(raw: str | None) -> dict[str, Any]:
-    if raw is None or raw == "":
+    """A form field holding a JSON object (empty or JSON null: none)."""
+    if raw is None or raw.strip() in ("", "null"):
         return {}
     try:
         value = json.loads(raw)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import sqlite3
 import threading
 import time
@@ -23,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LookalikeError, StaleWrite, UnknownCollection
+from ..errors import AlreadyExists, LookalikeError, StaleWrite, UnknownCollection, UnknownImage
+from ..names import COLLECTION_NAME_RE, valid_image_id
 from .base import CollectionInfo, Filter, ImageRecord
 
 SCHEMA_VERSION = 4
 CATALOGUE_FILE = "catalog.sqlite"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NAME_RE = COLLECTION_NAME_RE  # the one definition: lookalike.names
 SQL_CHUNK = 500  # ids bound in one statement: SQLite caps the number of parameters
 
 MIGRATIONS: list[str] = [
@@ -278,7 +278,7 @@ class Catalogue:
         self.check_new_collection(name, metric)
         with self.lock:
             if self.find_collection(name) is not None:
-                raise LookalikeError(f"collection '{name}' already exists; drop it first or pick another name")
+                raise AlreadyExists(f"collection '{name}' already exists; drop it first or pick another name")
             self._db.execute(
                 "INSERT INTO collections(name, model, dim, metric, index_spec, created, settings) "
                 "VALUES (?,?,?,?,?,?,?)",
@@ -396,7 +396,7 @@ class Catalogue:
                 return 0, None
             with self._transaction():
                 removed = 0
-                for chunk, marks in _in_chunks(ids):
+                for chunk, marks in _in_chunks(i for i in ids if valid_image_id(i)):
                     removed += self._db.execute(
                         f"DELETE FROM images WHERE +collection=? AND id IN ({marks})", (collection, *chunk)).rowcount
                 if not removed:
@@ -410,7 +410,7 @@ class Catalogue:
             self.collection_state(collection)
             current = self.get(collection, [image_id])
             if not current:
-                raise LookalikeError(f"no image with id {image_id} in collection '{collection}'")
+                raise UnknownImage(f"no image with id {image_id} in collection '{collection}'")
             rec = current[0]
             self._db.execute(
                 "UPDATE images SET group_id=?, tags=?, metadata=? WHERE id=?",
@@ -420,8 +420,9 @@ class Catalogue:
                  image_id))
 
     def get(self, collection: str, ids: list[int]) -> list[ImageRecord]:
+        """The rows with these ids, in the order asked; ids outside SQLite's range are no rows (not an error)."""
         out: dict[int, ImageRecord] = {}
-        for chunk, marks in _in_chunks(ids):
+        for chunk, marks in _in_chunks(i for i in ids if valid_image_id(i)):
             for row in self._db.execute(
                     "SELECT id, path, content_hash, size, mtime, width, height, group_id, tags, metadata, "
                     f"added FROM images WHERE +collection=? AND id IN ({marks})", (collection, *chunk)):
@@ -458,7 +459,7 @@ class Catalogue:
     # -- vectors ------------------------------------------------------------------------------
     def _blobs(self, collection: str, ids: list[int], column: str) -> dict[int, bytes]:
         found: dict[int, bytes] = {}
-        for chunk, marks in _in_chunks(int(i) for i in ids):
+        for chunk, marks in _in_chunks(int(i) for i in ids if valid_image_id(int(i))):
             for r in self._db.execute(
                     f"SELECT id, {column} FROM images WHERE +collection=? AND id IN ({marks})", (collection, *chunk)):
                 found[r[0]] = r[1]
@@ -471,7 +472,7 @@ class Catalogue:
         found = self._blobs(collection, ids, "vector")
         missing = [i for i in ids if i not in found]
         if missing:
-            raise LookalikeError(f"no image with id {missing[0]} in collection '{collection}'")
+            raise UnknownImage(f"no image with id {missing[0]} in collection '{collection}'")
         return self._decode(state, [found[i] for i in ids])
 
     def all_vectors(self, collection: str, *, augmented: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -2,30 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from ..errors import ApiError
+from ...names import MAX_SPEC
+from ..errors import WRITE_ERRORS, ApiError, error_responses
+from ..params import CollectionName, JobId
 from ..state import ServiceState, require_key, service
 
 router = APIRouter(tags=["jobs"])
 
 
 class IndexRequest(BaseModel):
-    path: str | None = Field(None, description="A server-side folder or file under an allowed root")
-    paths: list[str] = Field(default_factory=list)
+    path: str | None = Field(None, min_length=1, max_length=4096,
+                             description="A server-side folder or file under an allowed root (absolute)")
+    paths: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(default_factory=list,
+                                                                               max_length=1000)
     prune: bool = Field(False, description="Forget indexed files under the paths that no longer exist")
-    group_id: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    model: str | None = None
-    index_spec: str = "auto"
+    group_id: str | None = Field(None, max_length=256)
+    tags: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=100)
+    model: str | None = Field(None, min_length=1, max_length=MAX_SPEC)
+    index_spec: str = Field("auto", min_length=1, max_length=MAX_SPEC)
 
 
 @router.post("/api/collections/{collection}/index", status_code=202, dependencies=[Depends(require_key)],
-             summary="Index a server-side folder (under an allowed root) in the background")
-def start_index(collection: str, body: IndexRequest, state: ServiceState = Depends(service)) -> dict[str, Any]:
+             summary="Index a server-side folder (under an allowed root) in the background",
+             responses=error_responses(*WRITE_ERRORS, 400, 404, 409, 503))
+def start_index(collection: CollectionName, body: IndexRequest,
+                state: ServiceState = Depends(service)) -> dict[str, Any]:
     raw = ([body.path] if body.path else []) + list(body.paths)
     if not raw:
         raise ApiError(400, "bad-request", "give `path` (or `paths`): the server-side folder to index")
@@ -44,9 +50,9 @@ def list_jobs(state: ServiceState = Depends(service)) -> dict[str, Any]:
             "running": state.jobs.running}
 
 
-@router.get("/api/jobs/{job_id}", summary="An index job's state and progress")
-def get_job(job_id: str, state: ServiceState = Depends(service)) -> dict[str, Any]:
+@router.get("/api/jobs/{job_id}", summary="An index job's state and progress", responses=error_responses(404))
+def get_job(job_id: JobId, state: ServiceState = Depends(service)) -> dict[str, Any]:
     job = state.jobs.get(job_id)
     if job is None:
-        raise ApiError(404, "unknown-job", f"no index job '{job_id}' (jobs are kept in memory until restart)")
+        raise ApiError(404, "unknown-job", f"no index job '{job_id}' (the library keeps the last 200 jobs)")
     return job.to_dict()

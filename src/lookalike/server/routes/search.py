@@ -13,45 +13,66 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from ...config import DEFAULT_COLLECTION
-from ..errors import ApiError
+from ...names import COLLECTION_NAME, MAX_IMAGE_ID, MAX_SPEC, MAX_TEXT
+from ..errors import ApiError, error_responses
 from ..params import bool_param, int_param, search_filter
 from ..state import ServiceState, service
 
 router = APIRouter(tags=["search"])
 
-SEARCH_OPENAPI: dict[str, Any] = {
-    "parameters": [
-        {"name": n, "in": "query", "required": False, "schema": s, "description": d} for n, s, d in [
-            ("k", {"type": "integer", "default": 10}, "results to return"),
-            ("collection", {"type": "string", "default": DEFAULT_COLLECTION}, "collection to search"),
-            ("id", {"type": "integer"}, "more like this indexed image (instead of an upload)"),
-            ("text", {"type": "string"}, "search by text (models with a text tower)"),
-            ("min_score", {"type": "number"}, "drop results scoring below this"),
-            ("expand", {"type": "boolean", "default": True},
-             "query expansion on the collection's refined index (false: plain cosine ranking)"),
-            ("rotation_invariant", {"type": "boolean", "default": False},
-             "also find copies rotated by 90/180/270 degrees (embeds the query 4 times)"),
-            ("copies", {"type": "boolean", "default": False},
-             "only images verified as copies of the query; score = copy confidence in [0, 1]"),
-            ("group_id", {"type": "string"}, "only images with this group id"),
-            ("tag", {"type": "array", "items": {"type": "string"}}, "only images carrying every tag"),
-            ("where", {"type": "array", "items": {"type": "string"}}, "metadata KEY=VALUE (repeatable)"),
-            ("under", {"type": "string"}, "only images under this folder"),
-        ]],
-    "requestBody": {"required": False, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "file": {"type": "string", "format": "binary"}, "k": {"type": "integer"},
-            "collection": {"type": "string"}}}},
-        "application/json": {"schema": {"type": "object", "properties": {
-            "image_base64": {"type": "string"}, "text": {"type": "string"}, "id": {"type": "integer"},
-            "k": {"type": "integer"}, "collection": {"type": "string"}, "min_score": {"type": "number"},
-            "expand": {"type": "boolean"}, "rotation_invariant": {"type": "boolean"}, "group_id": {"type": "string"},
-            "tags": {"type": "array", "items": {"type": "string"}},
-            "metadata": {"type": "object"}, "under": {"type": "string"}}}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        "image/*": {"schema": {"type": "string", "format": "binary"}},
-    }},
-}
+ID = {"type": "integer", "minimum": 1, "maximum": MAX_IMAGE_ID}
+NAME = {"type": "string", "pattern": COLLECTION_NAME, "maxLength": 64}
+TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}
+SHORT = {"type": "string", "maxLength": 256}
+DEFAULT_MAX_K = 1000
+
+
+def search_openapi() -> dict[str, Any]:
+    """The search route's parameters and bodies as OpenAPI (the route reads the body itself, so that one
+    endpoint takes multipart, raw image and JSON queries)."""
+    k = {"type": "integer", "minimum": 1, "maximum": DEFAULT_MAX_K, "default": 10}
+    return {
+        "parameters": [
+            {"name": n, "in": "query", "required": False, "schema": sch, "description": d} for n, sch, d in [
+                ("k", k, "results to return"),
+                ("collection", {**NAME, "default": DEFAULT_COLLECTION}, "collection to search"),
+                ("id", ID, "more like this indexed image (instead of an upload)"),
+                ("text", TEXT, "search by text (models with a text tower)"),
+                ("min_score", {"type": "number"}, "drop results scoring below this"),
+                ("expand", {"type": "boolean", "default": True},
+                 "query expansion on the collection's refined index (false: plain cosine ranking)"),
+                ("rotation_invariant", {"type": "boolean", "default": False},
+                 "also find copies rotated by 90/180/270 degrees (embeds the query 4 times)"),
+                ("copies", {"type": "boolean", "default": False},
+                 "only images verified as copies of the query; score = copy confidence in [0, 1]"),
+                ("group_id", SHORT, "only images with this group id"),
+                ("tag", {"type": "array", "items": SHORT, "maxItems": 100}, "only images carrying every tag"),
+                ("where", {"type": "array", "items": {"type": "string", "pattern": "^[^=]+=.*$", "maxLength": 512},
+                           "maxItems": 100}, "metadata KEY=VALUE (repeatable)"),
+                ("under", {"type": "string", "maxLength": 4096}, "only images under this folder"),
+            ]],
+        "requestBody": {"required": False, "content": {
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "file": {"type": "string", "format": "binary"}, "k": k, "collection": NAME}}},
+            "application/json": {"schema": {"type": "object", "properties": {
+                "image_base64": {"type": "string", "contentEncoding": "base64"}, "text": TEXT, "id": ID, "k": k,
+                "collection": NAME, "min_score": {"type": "number"}, "expand": {"type": "boolean"},
+                "rotation_invariant": {"type": "boolean"}, "group_id": SHORT,
+                "tags": {"type": "array", "items": SHORT, "maxItems": 100},
+                "metadata": {"type": "object"}, "under": {"type": "string", "maxLength": 4096}}}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        }},
+    }
+
+
+def declare_max_k(schema: dict[str, Any], max_k: int) -> None:
+    """Write a server's own limit on k into its (generated) schema."""
+    operation = schema["paths"]["/api/search"]["post"]
+    bodies = [c["schema"]["properties"] for c in operation["requestBody"]["content"].values()
+              if "properties" in c.get("schema", {})]
+    for where in [p["schema"] for p in operation["parameters"] if p["name"] == "k"] + [b["k"] for b in bodies]:
+        where["maximum"] = max_k
 
 
 async def _read_upload(upload: StarletteUploadFile, limit: int) -> bytes:
@@ -123,10 +144,10 @@ async def search(request: Request) -> JSONResponse:
     state: ServiceState = service(request)
     params, image = await _request_params(request, state.settings.max_upload_bytes)
     k = int_param(params, "k", 10, 1, state.settings.max_k) or 10
-    image_id = int_param(params, "id")
+    image_id = int_param(params, "id", None, 1, MAX_IMAGE_ID)
     text = params.get("text") or None
-    if text is not None and not isinstance(text, str):
-        raise ApiError(422, "bad-parameter", "text must be a string")
+    if text is not None and (not isinstance(text, str) or len(text) > MAX_TEXT):
+        raise ApiError(422, "bad-parameter", f"text must be a string of at most {MAX_TEXT} characters")
     given = sum(x is not None for x in (image, text, image_id))
     if given != 1:
         raise ApiError(400, "no-query" if given == 0 else "ambiguous-query",
@@ -162,17 +183,21 @@ async def search(request: Request) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(run))
 
 
-router.add_api_route("/api/search", search, methods=["POST"], openapi_extra=SEARCH_OPENAPI,
+router.add_api_route("/api/search", search, methods=["POST"], openapi_extra=search_openapi(),
+                     responses=error_responses(400, 404, 409, 413, 415, 503),
                      summary="Search by image upload, raw image body, base64 JSON, text or image id")
 router.add_api_route("/search", search, methods=["POST"], include_in_schema=False)
 
 
-@router.post("/api/compare", summary="Similarity of two images in [0, 1] with a verdict")
+@router.post("/api/compare", summary="Similarity of two images in [0, 1] with a verdict",
+             responses=error_responses(400, 404, 409, 413, 415, 503))
 def compare(request: Request, a: UploadFile | None = File(None, description="first image"),
             b: UploadFile | None = File(None, description="second image"),
-            a_id: int | None = Form(None), b_id: int | None = Form(None),
-            collection: str | None = Form(None, description="use this collection's model (and ids)"),
-            model: str | None = Form(None)) -> dict[str, Any]:
+            a_id: int | None = Form(None, ge=1, le=MAX_IMAGE_ID, description="or: the id of an image in `collection`"),
+            b_id: int | None = Form(None, ge=1, le=MAX_IMAGE_ID),
+            collection: str | None = Form(None, pattern=COLLECTION_NAME, max_length=64,
+                                          description="use this collection's model (and ids)"),
+            model: str | None = Form(None, min_length=1, max_length=MAX_SPEC)) -> dict[str, Any]:
     state = service(request)
 
     def pick(upload: UploadFile | None, image_id: int | None, label: str) -> bytes | int:

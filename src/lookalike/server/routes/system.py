@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..errors import json_error
+from ..errors import error_responses, json_error
 from ..state import ServiceState, service
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -26,7 +26,8 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["operations"], summary="Readiness: library open and models loaded")
+@router.get("/readyz", tags=["operations"], summary="Readiness: library open and models loaded",
+            responses={503: error_responses(503)[503]})
 def readyz(state: ServiceState = Depends(service)) -> JSONResponse:
     if state.shutting_down:
         return json_error(503, "shutting-down", "the server is shutting down")
@@ -37,7 +38,8 @@ def readyz(state: ServiceState = Depends(service)) -> JSONResponse:
     return JSONResponse({"status": "ready", "collections": len(state.lib.collections())})
 
 
-@router.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+@router.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics(state: ServiceState = Depends(service)) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -357,3 +357,31 @@ def test_jobs_of_one_library_are_shared_by_two_apps_in_one_process(home: Path, t
     finally:
         lib_a.close()
         lib_b.close()
+
+
+def test_a_job_whose_process_died_is_failed_and_the_queue_goes_on(tmp_path: Path) -> None:
+    from lookalike.jobs_db import JobsDB
+    from lookalike.server.jobs import JobManager
+
+    path = tmp_path / "jobs.sqlite"
+    other = JobsDB(path)  # another process: claims a job, then dies (the kernel drops its lock)
+    other.submit({"id": "dead", "collection": "c", "paths": ["/a"], "options": {}, "created": time.time(),
+                  "submitter": "x"}, keep=10)
+    claimed = other.claim("x:1:dead")
+    assert claimed is not None and claimed[0]["id"] == "dead"
+    jobs = JobManager(lambda job, progress: {"paths": job.paths}, path=path)
+    try:
+        nxt = jobs.submit("c", ["/b"], {})
+        assert jobs.submit("c", ["/b"], {}).id == nxt.id  # asked again before it ran: the same job
+        time.sleep(0.5)
+        assert jobs.get(nxt.id).state == "queued" and jobs.running == 1  # "c" is busy in the other process
+        claimed[1].release()  # ... which dies now
+        deadline = time.monotonic() + 10
+        while jobs.get(nxt.id).state != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        dead = jobs.get("dead")
+        assert dead.state == "failed" and "stopped" in dead.error
+        assert JobsDB(path).get(nxt.id)["report"] == {"paths": ["/b"]}  # any process reads the outcome
+    finally:
+        jobs.shutdown()

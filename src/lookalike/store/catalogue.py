@@ -486,12 +486,9 @@ class Catalogue:
             blobs.append(r[1])
         return np.asarray(ids, dtype=np.int64), self._decode(state, blobs)
 
-    def searchable_vectors(self, collection: str, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def searchable_vectors(self, state: CollectionState, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(ids still stored, their searchable vectors: augmented where set, else plain), in the order asked;
-        what an index must hold for them."""
-        return self._searchable(self.collection_state(collection), ids)
-
-    def _searchable(self, state: CollectionState, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        what an index must hold for them. Takes the state the caller already read, to decode without a query."""
         ids = [int(i) for i in ids]
         found = self._blobs(state.name, ids, "COALESCE(augmented, vector)")
         present = [i for i in ids if i in found]
@@ -500,7 +497,7 @@ class Catalogue:
     def index_vectors(self, collection: str, ids: list[int]) -> np.ndarray:
         """The searchable vectors of these rows; raises if one is missing."""
         with self.lock:
-            found, vecs = self.searchable_vectors(collection, ids)
+            found, vecs = self.searchable_vectors(self.collection_state(collection), ids)
             if len(found) != len(ids):
                 raise LookalikeError(f"some of ids {ids[:5]} are not in collection '{collection}'")
             return vecs
@@ -582,7 +579,7 @@ class Catalogue:
         """Finish a row write (inside its transaction): start the next generation, log every row it touched
         in the index, and read back the vectors the index must now hold for `add`."""
         generation = self._bump(state.name, set(remove) | set(add))
-        add_ids, add_vectors = self._searchable(state, add)  # before another writer can change them
+        add_ids, add_vectors = self.searchable_vectors(state, add)  # before another writer can change them
         return IndexChange(state.name, generation, remove, add_ids, add_vectors)
 
     def _bump(self, collection: str, changed: set[int] | None) -> int:

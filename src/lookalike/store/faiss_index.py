@@ -146,7 +146,7 @@ class FaissIndex:
             if not allowed:
                 return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
             if len(allowed) <= EXACT_FILTER_LIMIT:
-                return _exact(state, q, k, *self.catalogue.searchable_vectors(state.name, allowed))
+                return _exact(state, q, k, *self.catalogue.searchable_vectors(state, allowed))
             loaded = self._load(state.name)
             inner = _unwrap(loaded.index) if not state.is_hamming else None
             selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
@@ -236,7 +236,7 @@ class FaissIndex:
                     or not now.log_floor <= loaded.generation <= now.generation):
                 return False
             changed = self.catalogue.changed_since(collection, loaded.generation)
-            present, vectors = self.catalogue.searchable_vectors(collection, changed)
+            present, vectors = self.catalogue.searchable_vectors(now, changed)
         try:
             if changed:
                 loaded.index.remove_ids(np.asarray(changed, dtype=np.int64))

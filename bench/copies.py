@@ -47,6 +47,7 @@ from lookalike.dupes import groups as G
 from lookalike.dupes import verify as V
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+NEG_WEIGHT = 2.0
 
 
 # -- the edit generator ----------------------------------------------------------------------------
@@ -225,14 +226,17 @@ def summarise(name: str, preds: dict[str, list[tuple[int, float]]], truth: dict[
 
 def fit_calibration(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     """Logistic regression with signs fixed by meaning (more tight inliers / correlation / overlap:
-    likelier a copy; larger pHash distance / residual: less likely), L2-regularised."""
+    likelier a copy; larger pHash distance / residual / perspective gain: less likely), L2-regularised;
+    the negatives weigh `NEG_WEIGHT` times as much (a false "duplicate" costs more than a miss)."""
     from scipy.optimize import minimize
 
-    signs = np.array([1, 1, 1, 1, -1, -1], float)
+    signs = np.array([1, 1, 1, 1, -1, -1, -1], float)
+
+    w = np.where(y > 0, 1.0, NEG_WEIGHT)
 
     def loss(t: np.ndarray) -> float:
         z = X @ t[:-1] + t[-1]
-        return float((np.logaddexp(0, z) - y * z).sum() + 0.1 * (t[:-1] ** 2).sum())
+        return float((w * (np.logaddexp(0, z) - y * z)).sum() + 0.1 * (t[:-1] ** 2).sum())
 
     bounds = [(0, None) if s > 0 else (None, 0) for s in signs] + [(None, None)]
     res = minimize(loss, np.zeros(X.shape[1] + 1), method="L-BFGS-B", bounds=bounds)
@@ -265,7 +269,11 @@ def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, f
     embedder = lib.collection_embedder(col)
     queries = sorted(truth_in) + sorted(truth_out)
     qimgs = [Image.open(folder / "copies" / q).convert("RGB") for q in queries]
-    qvecs = embedder.embed_images(qimgs)
+
+    def embed(images: list[Image.Image]) -> np.ndarray:  # in batches: one huge batch holds GBs of activations
+        return np.concatenate([embedder.embed_images(images[s:s + 64]) for s in range(0, len(images), 64)])
+
+    qvecs = embed(qimgs)
     truth = {q: id_of[os.path.abspath(truth_in[q]["original"])] if q in truth_in else None for q in queries}
     # pHash of every indexed picture (8 turns/mirrors) and of the queries (as they are)
     ref_feats: dict[int, V.Features] = {}
@@ -281,7 +289,7 @@ def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, f
     # the candidate stage of `lookalike dupes` also searches with every picture turned by 90 degrees
     # (dupes/cache.py): the copy's view against the originals, and each original's view against the copy
     turn = Image.Transpose.ROTATE_90
-    q_turned = embedder.embed_images([im.transpose(turn) for im in qimgs])
+    q_turned = embed([im.transpose(turn) for im in qimgs])
     ref_turned = np.concatenate([embedder.embed_images([Image.open(path_of[i]).convert("RGB").transpose(turn)
                                                         for i in id_list[s:s + 64]])
                                  for s in range(0, len(id_list), 64)])
@@ -289,6 +297,8 @@ def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, f
     preds_ph, preds_emb, preds_ll = {}, {}, {}
     ranks, verify_s, verified, X, y, deep, extra_X = [], 0.0, 0, [], [], [], []
     view_ranks: list[int] = []
+    names: list[str] = []
+    extra_names: list[str] = []
     true_cos: list[float] = []
     t_extract = time.perf_counter()
     for i in id_list:
@@ -304,8 +314,11 @@ def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, f
         if truth[q] is not None:
             ranks.append(int(np.nonzero(np.array(id_list)[order] == truth[q])[0][0]) + 1)
         best = np.maximum(sims[qi], sims_view[qi])
-        pool = set(order[:depth].tolist()) | set(np.argsort(-sims_view[qi])[:depth].tolist())
-        cands = [(id_list[j], float(best[j])) for j in sorted(pool, key=lambda j: -best[j]) if best[j] >= G.MIN_COSINE]
+        vorder = np.argsort(-sims_view[qi])
+        near = set(order[:G.NEAR_RANKS].tolist()) | set(vorder[:G.NEAR_RANKS].tolist())
+        pool = set(order[:depth].tolist()) | set(vorder[:depth].tolist())
+        cands = [(id_list[j], float(best[j])) for j in sorted(pool, key=lambda j: -best[j])
+                 if best[j] >= G.MIN_COSINE or (j in near and best[j] >= G.NEAR_MIN_COSINE)]
         if truth[q] is not None:
             j = id_list.index(truth[q])
             view_ranks.append(min(ranks[-1], int((sims_view[qi] > sims_view[qi, j]).sum()) + 1))
@@ -316,6 +329,7 @@ def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, f
                 j = id_list.index(truth[q])
                 c = V.compare_features(qf, feats(truth[q]), cosine=float(sims[qi, j]))
                 extra_X.append(V.evidence_vector(c))
+                extra_names.append(f"{q} {'+'.join(truth_in[q]['edits'])} (not a candidate)")
         out = []
         for ref, cos in cands:
             feats(ref)
@@ -326,6 +340,7 @@ def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, f
             out.append((ref, c.score))
             X.append(V.evidence_vector(c))
             y.append(float(ref == truth[q]))
+            names.append(f"{q} {'+'.join(truth_in[q]['edits']) if q in truth_in else 'unindexed'} ref={ref}")
         preds_ll[q] = out
     neg_pairs = tune_negative_pairs() if fit else same_pairs
     neg_c, neg_feats = [], {}
@@ -338,8 +353,11 @@ def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, f
         if fit:
             X.append(V.evidence_vector(c))
             y.append(0.0)
-    np.savez(folder / "evidence.npz", X=np.array(X), y=np.array(y), extra=np.array(extra_X).reshape(-1, 6),
-             neg=np.array([V.evidence_vector(c) for c in neg_c]).reshape(-1, 6))
+    neg_names = [f"{a.name} ~ {b.name}" for a, b in neg_pairs]
+    np.savez(folder / "evidence.npz", X=np.array(X), y=np.array(y), extra=np.array(extra_X).reshape(-1, 7),
+             names=np.array(names + (neg_names if fit else [])), extra_names=np.array(extra_names),
+             neg_names=np.array(neg_names),
+             neg=np.array([V.evidence_vector(c) for c in neg_c]).reshape(-1, 7))
     result: dict = {"set": name, "indexed": len(indexed), "queries": len(queries), "copies of indexed": len(truth_in),
                     "index_s": index_s, "verified_pairs": verified,
                     "verify_ms_per_pair": 1000 * verify_s / max(1, verified), "extract_ms_per_image": extract_ms,
@@ -352,7 +370,7 @@ def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, f
                     "cosine_of_copy_pairs": {"min": min(true_cos), "p1": float(np.percentile(true_cos, 1)),
                                              "p5": float(np.percentile(true_cos, 5))}}
     if fit:
-        fx = np.concatenate([np.array(X), np.array(extra_X).reshape(-1, 6)])
+        fx = np.concatenate([np.array(X), np.array(extra_X).reshape(-1, 7)])
         coef, intercept = fit_calibration(fx, np.concatenate([np.array(y), np.ones(len(extra_X))]))
         result["fit"] = {"COEF": [round(float(c), 3) for c in coef], "INTERCEPT": round(intercept, 3)}
         V.COEF, V.INTERCEPT = np.array(result["fit"]["COEF"]), result["fit"]["INTERCEPT"]

@@ -109,3 +109,31 @@ def test_not_duplicates_needs_two_different_pictures(lib_and_folder, originals) 
         lib.not_duplicates([originals[0]], "p")
     with pytest.raises(LookalikeError):
         lib.not_duplicates([originals[0], originals[0]], "p")
+
+
+def test_http_dupes_job_and_copies_search(lib_and_folder, copies) -> None:
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from lookalike.server.app import create_app
+
+    lib, _ = lib_and_folder
+    with TestClient(create_app(lib)) as client:
+        started = client.post("/api/collections/p/dupes")
+        assert started.status_code == 202
+        url = started.json()["url"]
+        for _ in range(600):
+            job = client.get(url).json()
+            if job["state"] != "running":
+                break
+            time.sleep(0.2)
+        assert job["state"] == "done", job
+        assert job["result"]["groups"] and job["progress"] == 1.0
+        assert client.post("/api/collections/nope/dupes").status_code == 404
+        copy, original = copies["scale"]
+        r = client.post("/api/search?collection=p&copies=true", files={"file": ("q.jpg", copy.read_bytes())})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert results and all(0.5 <= x["score"] <= 1 and "copy" in x for x in results)
+        assert Path(results[0]["path"]).name in {original.name, copy.name}

@@ -4,11 +4,12 @@
 
 1. Exact duplicates: rows with the same content hash (sha256 of the bytes) join at no cost.
 2. Candidates: every row's `depth` nearest neighbours through the collection's own index
-   (`Store.search`, queries read `chunk` rows at a time, so memory stays bounded), re-scored with the
-   plain vectors and kept when their cosine is at least `min_cosine`. Both were measured on edited
-   copies (`bench/copies.py`): at the defaults every tested copy's original is a candidate.
-3. Verification (`verify.py`) of each candidate pair, strongest cosine first; a pair whose images are
-   already in one group is not verified again. Local features are cached (LRU) per image.
+   (`Store.search`, queries read `chunk` rows at a time, so memory stays bounded), searched with the
+   row's vector and (when given) its picture's 90-degree view, scored by plain cosine and kept when
+   at least `min_cosine` (among the `NEAR_RANKS` nearest: `NEAR_MIN_COSINE`). The depth and the
+   thresholds were measured on edited copies (`bench/copies.py`).
+3. Verification (`verify.py`) of each candidate pair, picture by picture so its features stay cached
+   (LRU); a pair whose images are already in one group is not verified again.
 4. Union-find over the verified pairs, never across a "not duplicates" decision (`decisions.py`);
    groups made only of pictures in a resolved group are left out.
 """
@@ -31,9 +32,10 @@ from . import verify
 from .decisions import Decisions
 
 DEPTH = 20  # nearest neighbours per image searched for copies (bench/copies.py: depth measured)
-MIN_COSINE = 0.5  # candidates below this cosine (plain or 90-degree view) are not verified
+MIN_COSINE = 0.42  # candidates below this cosine (plain or 90-degree view) are not verified...
+NEAR_RANKS, NEAR_MIN_COSINE = 3, 0.3  # ...except among the 3 nearest, down to 0.3 (heavily edited copies)
 CHUNK = 256  # rows whose neighbours are searched at once
-FEATURE_CACHE = 256  # images whose local features are kept in memory
+FEATURE_CACHE = 512  # images whose local features are kept in memory (about 0.3 MB each)
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 LoadImage = Callable[[ImageRecord], Image.Image | None]  # None: unreadable (the row is skipped)
@@ -186,15 +188,17 @@ def candidate_pairs(store: Store, collection: str, ids: list[int], *, depth: int
             if neighbours:
                 plain.update(zip(neighbours, store.vectors(collection, neighbours), strict=True))
         for row, qid in enumerate(batch):
+            rank = 0
             for col in range(found.shape[1]):
                 j = int(found[row, col])
                 if j < 0 or j == qid:
                     continue
+                rank += 1
                 key = (qid, j) if qid < j else (j, qid)
                 if key in pairs:
                     continue
                 cos = float(np.dot(plain[qid], plain[j])) if rescore else float(scores[row, col])
-                if cos >= min_cosine:
+                if cos >= min_cosine or (rank <= NEAR_RANKS and cos >= NEAR_MIN_COSINE):
                     pairs[key] = cos
         views = extra_views(batch) if extra_views is not None else None
         if views is not None and len(views):
@@ -206,13 +210,16 @@ def candidate_pairs(store: Store, collection: str, ids: list[int], *, depth: int
             for row, qid in enumerate(batch):
                 if not views[row].any():
                     continue
+                rank = 0
                 for col in range(vfound.shape[1]):
                     j = int(vfound[row, col])
                     if j < 0 or j == qid:
                         continue
+                    rank += 1
                     cos = float(np.dot(views[row], plain[j])) if rescore else float(vscores[row, col])
                     key = (qid, j) if qid < j else (j, qid)
-                    if cos >= min_cosine and cos > pairs.get(key, -1.0):
+                    if (cos >= min_cosine or (rank <= NEAR_RANKS and cos >= NEAR_MIN_COSINE)) \
+                            and cos > pairs.get(key, -1.0):
                         pairs[key] = cos
         if progress:
             progress("candidates", min(start + chunk, len(ids)), len(ids))
@@ -255,7 +262,8 @@ def find_groups(store: Store, collection: str, load_image: LoadImage, *, depth: 
         report.seconds["candidates"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         cache = FeatureCache(records.__getitem__, load_image)
-        order = sorted(pairs.items(), key=lambda kv: -kv[1])
+        # picture by picture (its features stay cached), strongest candidate first
+        order = sorted(pairs.items(), key=lambda kv: (kv[0][0], -kv[1]))
         compare = compare_fn or (lambda fa, fb, cos: verify.compare_features(fa, fb, cosine=cos))
         for n, ((a, b), cos) in enumerate(order, 1):
             if uf.find(a) != uf.find(b) and uf.can_join(a, b):

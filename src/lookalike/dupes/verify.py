@@ -1,25 +1,29 @@
 """Is picture B a copy of picture A? Local features + a geometric check + a pixel check, one score.
 
-Copies (crops, scales, re-encodes, 90-degree turns, mirror images, small tilts, colour changes, borders,
-text on top) are related to their original by a *similarity transform* (scale, rotation, shift; mirrored
-or not) and, once aligned, agree pixel for pixel. Two different photos of one object or scene share
-local features too (a CD cover, a facade) but need a perspective change to line up and differ in
-lighting, background and parallax, so they fail one of the two checks. The verifier therefore:
+Copies (crops, scales with or without the aspect ratio, re-encodes, 90-degree turns, mirror images,
+small tilts, colour changes, borders, text or pictures on top) are related to their original by an
+*affine* transform (mirrored or not) and, once aligned, agree pixel for pixel. Two different photos of
+one object or scene share local features too (a CD cover, a facade) but need a perspective change to
+line up and differ in lighting, background and parallax, so they fail one of the checks. For a pair:
 
-1. extracts SIFT keypoints (RootSIFT descriptors) on a grey working copy whose longer side is
-   `WORK_SIDE` pixels (small copies are enlarged so they yield features), for the picture and, lazily,
-   for its mirror image;
-2. matches B against A (Lowe's ratio test) and fits a 4-degree-of-freedom similarity with RANSAC; the
-   mirror of B is tried too when the direct fit is not already convincing. SIFT is rotation-invariant,
-   so 90-degree turns and tilts need no extra pass;
-3. warps B onto A with that transform and measures the normalised cross-correlation of the two blurred
-   grey images over their overlap (`ncc`), and how much of the smaller picture the overlap covers;
-4. turns (inliers, inlier ratio, ncc, overlap, pHash distance over the 8 turns/mirrors) into a
-   calibrated probability of "copy" with a logistic model fitted by `bench/copies.py --fit` on one
-   generated set (flickr8k copies + UKBench views 0-399) and confirmed on others; see
-   docs/benchmarks.md.
+1. SIFT keypoints (RootSIFT descriptors) on a grey copy whose longer side is at most `WORK_SIDE`
+   pixels (small pictures are enlarged for detection only, so they yield keypoints), and lazily on
+   its mirror image;
+2. Lowe's ratio test, then an affine fit with RANSAC of the larger picture onto the smaller one; the
+   mirror image is tried when the direct fit has fewer than `CONVINCING` tight inliers. SIFT is
+   rotation-invariant, so 90-degree turns and tilts need no extra pass. Measured on the inliers:
+   how many sit within a tight tolerance, their median residual, and how much better a homography
+   fits them than the affine transform (`perspective_gain`: ~1.0 for copies, > 1.2 for most other
+   photos of a flat object);
+3. the larger picture warped onto the smaller: median over a grid of cells of the normalised
+   cross-correlation of the blurred grey pixels (`ncc`; robust to text or logos on part of a copy),
+   and the share of textured pixels the two cover of each other (`overlap`);
+4. a logistic calibration of these (and the pHash distance over the 8 turns/mirrors) gives the
+   score, P(copy), fitted by `bench/copies.py --fit` on one generated set (flickr8k copies + the
+   same-object pairs of UKBench photos 0-399) and confirmed on others (docs/benchmarks.md).
 
-Identical bytes (same content hash) are copies without any of this (`check="content-hash"`).
+Identical bytes are copies without any of this (`identical`, check "content-hash"); a pHash distance
+of at most `PHASH_NEAR` bits also decides "copy" (tiny or very blurred copies with few keypoints).
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ CELLS = 6  # grid of the pixel check
 
 # Logistic calibration of P(copy | evidence), fitted by `bench/copies.py --fit` (see the module
 # docstring). Inputs: `evidence_vector`.
-COEF = np.array([0.189, 2.108, 1.598, 3.158, -3.208, -4.979], dtype=np.float64)
-INTERCEPT = -7.171
+COEF = np.array([0.0, 0.0, 2.008, 0.948, -2.948, -3.159, -6.129], dtype=np.float64)
+INTERCEPT = -4.104
 DUPLICATE_AT = 0.5  # score at or above: "duplicate" (calibrated: P(copy) >= 0.5)
 SIMILAR_COSINE = 0.70  # not a copy, but embedding cosine at or above: "similar"
 PHASH_NEAR = 6  # pHash distance (of 64 bits, best of 8 turns/mirrors) that alone decides "copy"
@@ -58,7 +62,7 @@ class Features:
 
     grey: np.ndarray  # uint8 grey picture, downscaled to longer side <= WORK_SIDE (never enlarged)
     keypoints: np.ndarray  # (n, 2) float32 positions in `grey` (detected on an enlarged copy if small)
-    descriptors: np.ndarray  # (n, 128) float32 RootSIFT
+    descriptors: np.ndarray  # (n, 128) float16 RootSIFT
     phashes: np.ndarray  # (8, 64) bool: pHash of the 8 turns/mirrors (index 0: as is)
     mirror: tuple[np.ndarray, np.ndarray] | None = None  # keypoints, descriptors of the mirror image
     size: tuple[int, int] = (0, 0)  # original (width, height)
@@ -96,6 +100,7 @@ class Comparison:
     matches: int = 0
     inlier_ratio: float = 0.0
     residual: float = 1.0
+    perspective_gain: float = 1.0
     ncc: float = 0.0
     overlap: float = 0.0
     mirrored: bool = False
@@ -113,7 +118,7 @@ class Comparison:
         d = {"score": round(self.score, 4), "verdict": self.verdict, "check": self.check,
              "inliers": self.inliers, "tight_inliers": self.tight, "matches": self.matches,
              "inlier_ratio": round(self.inlier_ratio, 3),
-             "residual": round(self.residual, 3),
+             "residual": round(self.residual, 3), "perspective_gain": round(self.perspective_gain, 3),
              "ncc": round(self.ncc, 3), "overlap": round(self.overlap, 3), "mirrored": self.mirrored,
              "rotation": round(self.rotation, 1), "scale": round(self.scale, 3),
              "phash_distance": self.phash_distance}
@@ -135,9 +140,9 @@ def _detector() -> Any:
 def _sift(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     kps, desc = _detector().detectAndCompute(grey, None)
     if desc is None or not kps:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
+        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float16)
     desc = desc / (np.abs(desc).sum(axis=1, keepdims=True) + 1e-7)  # RootSIFT: L1, then sqrt
-    return np.array([k.pt for k in kps], np.float32), np.sqrt(desc).astype(np.float32)
+    return np.array([k.pt for k in kps], np.float32), np.sqrt(desc).astype(np.float16)  # half the memory
 
 
 def _phashes(grey: np.ndarray) -> np.ndarray:
@@ -189,7 +194,7 @@ def _good_matches(da: np.ndarray, db: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """(index in a, index in b) of ratio-test matches of b's descriptors against a's."""
     if len(da) < 2 or len(db) < 1:
         return np.zeros(0, int), np.zeros(0, int)
-    pairs = _matcher.knnMatch(db, da, k=2)
+    pairs = _matcher.knnMatch(db.astype(np.float32), da.astype(np.float32), k=2)
     ia, ib = [], []
     for p in pairs:
         if len(p) == 2 and p[0].distance < RATIO * p[1].distance:
@@ -206,6 +211,7 @@ class _Fit:
     matrix: np.ndarray | None = None  # 2x3 affine, big's pixels -> small's pixels
     mirrored: bool = False
     residual: float = 1.0  # median residual of the inliers, in units of the tight tolerance
+    perspective_gain: float = 1.0  # affine residual / homography residual on the inliers
 
 
 def _fit(big: Features, small: Features, kb: np.ndarray, db: np.ndarray, mirrored: bool) -> _Fit:
@@ -228,8 +234,18 @@ def _fit(big: Features, small: Features, kb: np.ndarray, db: np.ndarray, mirrore
     # one keypoint position matched several times (repeated texture, octaves) counts once
     def distinct(sel: np.ndarray) -> int:
         return len(np.unique(np.round(dst[sel]).astype(int), axis=0)) if sel.any() else 0
+    # a perspective change (another photo of a flat thing) fits a homography better than the affine
+    # transform; a copy does not: median residual of the affine fit / of a homography fitted to its inliers
+    gain = 1.0
+    if inl.sum() >= 12:
+        h, _ = cv2.findHomography(src[inl], dst[inl], 0)
+        if h is not None and abs(h[2, 2]) > 1e-9:
+            proj = cv2.perspectiveTransform(src[inl].reshape(-1, 1, 2).astype(np.float64), h).reshape(-1, 2)
+            herr = float(np.median(np.linalg.norm(proj - dst[inl], axis=1)))
+            gain = float(np.median(err[inl])) / max(herr, 0.05 * tol)
     return _Fit(inliers=distinct(inl), tight=distinct(inl & (err <= tol)), matches=len(ib), matrix=m,
-                mirrored=mirrored, residual=float(np.median(err[inl])) / tol if inl.any() else 1.0)
+                mirrored=mirrored, residual=float(np.median(err[inl])) / tol if inl.any() else 1.0,
+                perspective_gain=gain)
 
 
 def _pixel_check(big: Features, small: Features, fit: _Fit) -> tuple[float, float]:
@@ -250,9 +266,17 @@ def _pixel_check(big: Features, small: Features, fit: _Fit) -> tuple[float, floa
     a = cv2.GaussianBlur(small.grey, (0, 0), NCC_BLUR).astype(np.float32)
     b = cv2.GaussianBlur(warped, (0, 0), NCC_BLUR).astype(np.float32)
     ncc = _cell_ncc(a, b, mask)
-    # overlap counts textured pixels only, so a flat border added around a copy does not lower it
+    # overlap: the larger of the shares of either picture's textured pixels the other one covers (a crop
+    # covers all of itself; a picture pasted onto another covers all of the original), textured pixels
+    # only, so a flat border added around a copy does not lower it
     textured = small.textured()
-    return ncc, float((mask & textured).sum()) / max(1, int(textured.sum()))
+    share_small = float((mask & textured).sum()) / max(1, int(textured.sum()))
+    inv = cv2.invertAffineTransform(m)
+    hb, wb = gb.shape
+    back = cv2.warpAffine(np.full((h, w), 255, np.uint8), inv, (wb, hb), flags=cv2.INTER_NEAREST) > 0
+    tb = cv2.flip(big.textured().astype(np.uint8), 1) > 0 if fit.mirrored else big.textured()
+    share_big = float((back & tb).sum()) / max(1, int(tb.sum()))
+    return ncc, max(share_small, share_big)
 
 
 def _cell_ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -278,12 +302,13 @@ def _cell_ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 def evidence_vector(c: Comparison) -> np.ndarray:
     """The calibration model's inputs for one comparison (each one larger for likelier copies, except
-    the pHash distance and the residual)."""
+    the pHash distance, the residual and the perspective gain)."""
     tight_share = c.tight / c.inliers if c.inliers else 0.0
     ncc = -math.log(max(1e-3, 1.0 - min(c.ncc, 0.999))) if c.ncc > 0 else 0.0  # 0.9 -> 2.3, 0.99 -> 4.6
     residual = min(c.residual, 1.0) if c.inliers else 1.0
+    perspective = min(math.log(max(c.perspective_gain, 1.0)), 2.0)
     return np.array([math.log1p(c.tight), tight_share, ncc, c.overlap, min(c.phash_distance, 32) / 32,
-                     residual], np.float64)
+                     residual, perspective], np.float64)
 
 
 def calibrated(x: np.ndarray) -> float:
@@ -309,7 +334,8 @@ def compare_features(fa: Features, fb: Features, *, cosine: float | None = None)
             best = mirror
     c = Comparison(score=0.0, verdict="different", check="none", inliers=best.inliers, tight=best.tight,
                    matches=best.matches, inlier_ratio=best.inliers / best.matches if best.matches else 0.0,
-                   residual=best.residual, mirrored=best.mirrored, phash_distance=phash, cosine=cosine)
+                   residual=best.residual, perspective_gain=best.perspective_gain, mirrored=best.mirrored,
+                   phash_distance=phash, cosine=cosine)
     if best.matrix is not None and best.inliers >= MIN_MATCHES:
         c.check = "geometry"
         c.ncc, c.overlap = _pixel_check(big, small, best)

@@ -8,17 +8,16 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from ...errors import LookalikeError
-from ..errors import ApiError
+from ...names import MAX_IMAGE_ID
+from ..errors import WRITE_ERRORS, ApiError, error_responses
+from ..params import CollectionName, JobId
 from ..state import ServiceState, require_key, service
 
 router = APIRouter(tags=["dupes"])
 KEEP_JOBS = 20  # finished dupes jobs kept in memory (their reports can be large)
-CollectionName = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", max_length=64)]
-JobId = Annotated[str, PathParam(max_length=64, description="a dupes job's id")]
 
 
 class DupesJob:
@@ -56,7 +55,8 @@ def _run(state: ServiceState, job: DupesJob) -> None:
 
 
 @router.post("/api/collections/{collection}/dupes", status_code=202,
-             summary="Find the groups of copies in a collection (a background job; poll its url)")
+             summary="Find the groups of copies in a collection (a background job; poll its url)",
+             responses=error_responses(404))
 def start_dupes(collection: CollectionName, state: ServiceState = Depends(service)) -> dict[str, Any]:
     state.lib.info(collection)  # 404 now for an unknown collection
     job = DupesJob(collection)
@@ -69,7 +69,8 @@ def start_dupes(collection: CollectionName, state: ServiceState = Depends(servic
     return {**job.to_dict(), "url": f"/api/dupes/{job.id}"}
 
 
-@router.get("/api/dupes/{job_id}", summary="A dupes job's state, progress and (when done) its groups")
+@router.get("/api/dupes/{job_id}", summary="A dupes job's state, progress and (when done) its groups",
+            responses=error_responses(404))
 def get_dupes(job_id: JobId) -> dict[str, Any]:
     job = _jobs.get(job_id)
     if job is None:
@@ -78,11 +79,13 @@ def get_dupes(job_id: JobId) -> dict[str, Any]:
 
 
 class NotDuplicates(BaseModel):
-    ids: list[Annotated[int, Field(ge=1)]] = Field(min_length=2, max_length=100, description="indexed images' ids")
+    ids: list[Annotated[int, Field(ge=1, le=MAX_IMAGE_ID)]] = Field(min_length=2, max_length=100,
+                                                                    description="indexed images' ids")
 
 
 @router.post("/api/collections/{collection}/not-duplicates", dependencies=[Depends(require_key)],
-             summary="Remember that these images are not copies of each other (never grouped again)")
+             summary="Remember that these images are not copies of each other (never grouped again)",
+             responses=error_responses(*WRITE_ERRORS, 404))
 def not_duplicates(collection: CollectionName, body: NotDuplicates,
                    state: ServiceState = Depends(service)) -> dict[str, Any]:
     return {"collection": collection, "ids": body.ids,

@@ -96,3 +96,19 @@ def test_the_root_list_is_one_setting_for_the_cli_and_the_server(home: Path, mon
     monkeypatch.setenv("LOOKALIKE_ALLOWED_ROOTS", f"/srv/b{os.pathsep}/srv/c")
     settings = Settings.load(home)
     assert settings.allowed_roots == ["/srv/b", "/srv/c"] == ServerSettings.load(settings).allowed_roots
+
+
+def test_one_index_run_per_collection_across_processes(tmp_path: Path, home: Path) -> None:
+    """`index` takes the collection's lock, the one server jobs take: a second run fails at once, clearly."""
+    from lookalike.errors import Busy
+    from lookalike.jobs_db import CollectionLock
+
+    root, _ = make_trap(tmp_path)
+    held = CollectionLock(home / "locks", "c")  # as a server job (or another `lookalike index`) holds it
+    assert held.acquire()
+    with Library.open(home) as lib:
+        with pytest.raises(Busy, match="being indexed by another process"):
+            lib.index([root / "other"], "c")
+        assert lib.index([root / "other"], "d").added == 1  # other collections are free
+        held.release()
+        assert lib.index([root / "other"], "c").added == 1

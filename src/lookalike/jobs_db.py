@@ -11,7 +11,6 @@ stay; a re-run skips them).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -23,6 +22,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock across processes
+    fcntl = None  # type: ignore[assignment]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -55,7 +59,11 @@ class CollectionLock:
         self._fd: int | None = None
 
     def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        if fcntl is None:
+            self._fd = fd
+            return True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -66,7 +74,8 @@ class CollectionLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
 
@@ -140,6 +149,8 @@ class JobsDB:
     def claim(self, runner: str) -> tuple[dict[str, Any], CollectionLock] | None:
         """The oldest queued job whose collection no process is indexing, now running here, with its
         collection's lock held (the caller releases it after `finish`); None when there is none."""
+        if not self._read("SELECT 1 FROM jobs WHERE state IN ('queued', 'running') LIMIT 1"):
+            return None  # the idle poll: a read, no write lock
         with self._write() as db:
             now = time.time()
             for row in db.execute("SELECT id, collection FROM jobs WHERE state='running'").fetchall():

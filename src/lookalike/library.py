@@ -33,6 +33,7 @@ from .config import DEFAULT_COLLECTION, Settings, library_home
 from .decode import MEDIA_TYPES, configure_memory, decode, decode_upload, read_bytes, read_file, sniff, to_rgb
 from .embed import Embedder, ModelCard, get_embedder, model_cards, resolve
 from .errors import (
+    Busy,
     DecodeError,
     EmptyLibrary,
     FileChanged,
@@ -183,13 +184,15 @@ class Library:
               model: str | None = None, prune: bool = False, group_id: str | None = None,
               tags: list[str] | None = None, index_spec: str = "auto",
               progress: ProgressFn | None = None, refine_progress: ProgressFn | None = None,
-              allowed_roots: list[str | os.PathLike[str]] | None = None) -> IndexReport:
+              allowed_roots: list[str | os.PathLike[str]] | None = None, exclusive: bool = True) -> IndexReport:
         """Index files and folders; re-running skips unchanged files (see `ingest`). `progress` follows
         the files, `refine_progress` the refinement pass that ends the run (rows done, rows to do).
 
         `allowed_roots` (default: the library's `allowed_roots` setting; empty: no restriction): each path
         must lie inside one of them, and so must every file the walk reaches (a symlink pointing out is
-        skipped as `outside-root`)."""
+        skipped as `outside-root`). `exclusive`: hold the collection's index lock for the run, the one the
+        server's jobs take (`jobs_db.py`), so one run at a time per collection across processes; a second
+        one raises Busy (the job runner, which holds the lock already, passes False)."""
         roots_given = self.settings.allowed_roots if allowed_roots is None else allowed_roots
         within = resolve_roots(roots_given) if roots_given else None
         if within is not None:
@@ -200,10 +203,21 @@ class Library:
         except LookalikeError:
             existing = None
         embedder = self.embedder(model or existing)
-        return index_paths(self.store, embedder, [Path(p) for p in paths], collection,
-                           settings=self.settings, prune=prune, group_id=group_id, tags=tags,
-                           index_spec=index_spec, progress=progress, report_dir=self.home / "reports",
-                           refine_progress=refine_progress, allowed_roots=within)
+        from .jobs_db import CollectionLock
+
+        lock = CollectionLock(self.home / "locks", collection) if exclusive else None
+        if lock is not None and not lock.acquire():
+            raise Busy(f"collection '{collection}' is being indexed by another process (a server job or another "
+                       "`lookalike index`); run this again when that has finished", code="collection-busy",
+                       retry_after=5)
+        try:
+            return index_paths(self.store, embedder, [Path(p) for p in paths], collection,
+                               settings=self.settings, prune=prune, group_id=group_id, tags=tags,
+                               index_spec=index_spec, progress=progress, report_dir=self.home / "reports",
+                               refine_progress=refine_progress, allowed_roots=within)
+        finally:
+            if lock is not None:
+                lock.release()
 
     def allowed_paths(self, paths: list[str], roots: list[str | os.PathLike[str]]) -> list[str]:
         """`paths` resolved, each checked to lie inside one of `roots` (what a server may index)."""

@@ -184,7 +184,7 @@ def test_models_warm_up_and_timings(lib: Library) -> None:
         lib.search(10**9, collection="p")
 
 
-@pytest.mark.parametrize("image_id", [0, -1, 2**63, 36893488147419103232])
+@pytest.mark.parametrize("image_id", [0, -1, 2**53, 2**63, 36893488147419103232])
 def test_ids_outside_sqlite_range_are_unknown_images_not_crashes(lib: Library, image_id: int) -> None:
     for call in (lambda: lib.get_image("p", image_id), lambda: lib.image_bytes("p", image_id),
                  lambda: lib.remove([image_id], "p"), lambda: lib.search(image_id, collection="p"),

@@ -88,6 +88,9 @@ def install(app: FastAPI) -> None:
         code = getattr(exc, "code", None) or {404: "not-found", 405: "method-not-allowed"}.get(
             exc.status_code, "error")
         extra = getattr(exc, "extra", {})
+        if exc.status_code == 400 and code == "error":  # FastAPI's own "error parsing the body"
+            return json_error(422, "invalid-request", f"the request body cannot be parsed ({exc.detail}); "
+                                                      "send the JSON or form the schema at /docs describes")
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:  # every method the path has, not only the first matching route's
             headers["Allow"] = ", ".join(sorted(_methods_of(app, request)))

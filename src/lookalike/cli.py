@@ -69,11 +69,14 @@ def cli(ctx: click.Context, home: str | None) -> None:
               help="Faiss index_factory string for a new collection, e.g. 'HNSW32' or 'IVF1024,PQ32'.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the run report (counts, skipped files with reasons) to this JSON file.")
+@click.option("--regions", type=click.Choice(["objects"]), default=None,
+              help="Also index each image's regions (detected objects and proposals): finds an object in a busy "
+                   "picture; the collection keeps them up to date from then on.")
 @json_option
 @click.pass_context
 def index(ctx: click.Context, paths: tuple[Path, ...], collection: str, model: str | None, prune: bool,
           group_id: str | None, tags: tuple[str, ...], index_spec: str, report_file: Path | None,
-          as_json: bool) -> None:
+          regions: str | None, as_json: bool) -> None:
     """Index image files and folders (re-runs are incremental)."""
     lib = _library(ctx)
     show_progress = not as_json and sys.stderr.isatty()
@@ -104,7 +107,7 @@ def index(ctx: click.Context, paths: tuple[Path, ...], collection: str, model: s
     try:
         report = lib.index(list(paths), collection, model=model, prune=prune, group_id=group_id,
                            tags=list(tags), index_spec=index_spec, progress=progress_fn,
-                           refine_progress=refine_fn)
+                           refine_progress=refine_fn, regions=regions)
     finally:
         if bar is not None:
             bar.stop()
@@ -158,12 +161,16 @@ def _parse_filters(group_id: str | None, tags: tuple[str, ...], where: tuple[str
               help="Also find copies rotated by 90/180/270 degrees (embeds the query 4 times).")
 @click.option("--copies", is_flag=True,
               help="Only images verified as copies of the query; score = copy confidence in [0, 1].")
+@click.option("--objects", is_flag=True,
+              help="Also search with each object/region found in the query; best region per image wins.")
+@click.option("--box", default=None, metavar="X0,Y0,X1,Y1",
+              help="Search with this region of the query picture only (pixels from the top-left corner).")
 @json_option
 @click.pass_context
 def search(ctx: click.Context, query: str | None, k: int, collection: str, text: str | None,
            image_id: int | None, group_id: str | None, tags: tuple[str, ...], where: tuple[str, ...],
            path_prefix: str | None, min_score: float | None, no_expand: bool, rotation_invariant: bool,
-           copies: bool, as_json: bool) -> None:
+           copies: bool, objects: bool, box: str | None, as_json: bool) -> None:
     """Find images like QUERY (an image file, '-' for stdin), like --id, or like --text."""
     given = sum(x is not None and x != "" for x in (query, text, image_id))
     if given != 1:
@@ -178,8 +185,11 @@ def search(ctx: click.Context, query: str | None, k: int, collection: str, text:
         if not path.is_file():
             raise LookalikeError(f"query image '{query}' does not exist or is not a file")
         target = path
+    if (objects or box is not None) and (text or copies):
+        raise LookalikeError("--objects and --box search with a picture: not with --text or --copies")
     hits = lib.search(target, k=k, collection=collection, text=text or None, flt=flt, min_score=min_score,
-                      expand=not no_expand, rotation_invariant=rotation_invariant, copies=copies)
+                      expand=not no_expand, rotation_invariant=rotation_invariant, copies=copies,
+                      objects=objects, box=box)
     if as_json:
         _emit({"collection": collection, "query": query if query and query != "-" else
                ({"id": image_id} if image_id is not None else {"text": text} if text else "stdin"),
@@ -192,8 +202,15 @@ def search(ctx: click.Context, query: str | None, k: int, collection: str, text:
     table.add_column("score", justify="right")
     table.add_column("id", justify="right")
     table.add_column("path", overflow="fold")
+    boxes = any(getattr(h, "box", None) or getattr(h, "query_box", None) for h in hits)
+    if boxes:
+        table.add_column("box")
     for rank, hit in enumerate(hits, 1):
-        table.add_row(str(rank), f"{hit.score:.4f}", str(hit.id), hit.path)
+        row = [str(rank), f"{hit.score:.4f}", str(hit.id), hit.path]
+        if boxes:
+            where_ = getattr(hit, "box", None) or getattr(hit, "query_box", None)
+            row.append(",".join(map(str, where_)) if where_ else "whole")
+        table.add_row(*row)
     _console().print(table)
 
 

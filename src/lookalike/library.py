@@ -154,7 +154,9 @@ class Library:
 
     # -- collections --------------------------------------------------------------------------
     def collections(self) -> list[CollectionInfo]:
-        return self.store.collections()
+        from .names import is_regions_name
+
+        return [c for c in self.store.collections() if not is_regions_name(c.name)]  # no ~regions companions
 
     def info(self, collection: str = DEFAULT_COLLECTION) -> CollectionInfo:
         return self.store.collection(collection)
@@ -176,6 +178,10 @@ class Library:
         count = self.count(name)
         hashes = self._hashes(name)
         self.store.drop_collection(name)
+        from .objects import has_regions, regions_of
+
+        if has_regions(self.store, name):
+            self.store.drop_collection(regions_of(name))
         self._forget_uploads(hashes)
         return count
 
@@ -184,7 +190,8 @@ class Library:
               model: str | None = None, prune: bool = False, group_id: str | None = None,
               tags: list[str] | None = None, index_spec: str = "auto",
               progress: ProgressFn | None = None, refine_progress: ProgressFn | None = None,
-              allowed_roots: list[str | os.PathLike[str]] | None = None, exclusive: bool = True) -> IndexReport:
+              allowed_roots: list[str | os.PathLike[str]] | None = None, exclusive: bool = True,
+              regions: str | None = None, regions_progress: ProgressFn | None = None) -> IndexReport:
         """Index files and folders; re-running skips unchanged files (see `ingest`). `progress` follows
         the files, `refine_progress` the refinement pass that ends the run (rows done, rows to do).
 
@@ -192,7 +199,9 @@ class Library:
         must lie inside one of them, and so must every file the walk reaches (a symlink pointing out is
         skipped as `outside-root`). `exclusive`: hold the collection's index lock for the run, the one the
         server's jobs take (`jobs_db.py`), so one run at a time per collection across processes; a second
-        one raises Busy (the job runner, which holds the lock already, passes False)."""
+        one raises Busy (the job runner, which holds the lock already, passes False).
+        `regions="objects"`: also index each image's regions (objects.py); a collection indexed so keeps
+        its regions up to date on every later write."""
         roots_given = self.settings.allowed_roots if allowed_roots is None else allowed_roots
         within = resolve_roots(roots_given) if roots_given else None
         if within is not None:
@@ -211,10 +220,14 @@ class Library:
                        "`lookalike index`); run this again when that has finished", code="collection-busy",
                        retry_after=5)
         try:
-            return index_paths(self.store, embedder, [Path(p) for p in paths], collection,
-                               settings=self.settings, prune=prune, group_id=group_id, tags=tags,
-                               index_spec=index_spec, progress=progress, report_dir=self.home / "reports",
-                               refine_progress=refine_progress, allowed_roots=within)
+            if regions is not None:
+                self._check_regions_mode(regions)
+            report = index_paths(self.store, embedder, [Path(p) for p in paths], collection,
+                                 settings=self.settings, prune=prune, group_id=group_id, tags=tags,
+                                 index_spec=index_spec, progress=progress, report_dir=self.home / "reports",
+                                 refine_progress=refine_progress, allowed_roots=within)
+            self._sync_regions(collection, create=regions is not None, progress=regions_progress)
+            return report
         finally:
             if lock is not None:
                 lock.release()
@@ -275,6 +288,7 @@ class Library:
                     with suppress(LookalikeError):
                         self.store.drop_collection(collection)
                 raise
+        self._sync_regions(collection)
         self.store.flush()
         self._forget_uploads(replaced - {r.content_hash for r in records})
         return records
@@ -299,6 +313,7 @@ class Library:
             self.get_image(collection, image_id)  # still there (another request may have removed it)
             self.store.upsert(collection, [record], vector)
             refine.refresh(self.store, collection)
+        self._sync_regions(collection)
         self.store.flush()
         if old.content_hash != digest:
             self._forget_uploads({old.content_hash})
@@ -341,6 +356,7 @@ class Library:
         hashes = {r.content_hash for r in self.store.get(collection, ids)} if ids else set()
         removed = self.store.remove(collection, ids)
         refine.refresh(self.store, collection)
+        self._sync_regions(collection)
         self.store.flush()
         self._forget_uploads(hashes)
         return removed
@@ -481,10 +497,13 @@ class Library:
                text: str | None = None, flt: Filter | None = None, min_score: float | None = None,
                model: str | None = None, expand: bool = True, rotation_invariant: bool = False,
                limits: Limits | None = None, timings: dict[str, float] | None = None,
-               copies: bool = False) -> list[Hit]:
+               copies: bool = False, objects: bool = False, box: Any = None) -> list[Hit]:
         """Top-k images like `query` (a path, bytes, PIL image or stored id) or like `text`.
         `timings`, if given, receives the seconds spent decoding (picture queries), embedding and searching.
-        `copies`: only the images verified as copies of the query picture (see `copies`)."""
+        `copies`: only the images verified as copies of the query picture (see `copies`).
+        `objects`: also search with each region found in the query (objects.py), best region per image;
+        `box` ("x0,y0,x1,y1" or four numbers, query pixels): search with exactly that crop. A collection
+        indexed with regions is always searched region by region too; hits carry the `box` that matched."""
         if query is None and text is None:
             raise LookalikeError("give a query image, an image id, or --text", code="no-query")
         if copies:
@@ -500,6 +519,10 @@ class Library:
                                f"`lookalike index PATH --collection {collection}`")
         if isinstance(query, int):
             self.get_image(collection, query)
+        if text is None and (objects or box is not None or self._has_regions(collection)):
+            return self._object_search(query, k=k, collection=collection, flt=flt, min_score=min_score, model=model,
+                                       expand=expand, rotation_invariant=rotation_invariant, limits=limits,
+                                       timings=timings, objects=objects, box=box)
         started = time.perf_counter()
         vector = self.query_vector(query, collection=collection, text=text, model=model,
                                    rotation_invariant=rotation_invariant, limits=limits, timings=timings)
@@ -632,6 +655,7 @@ class Library:
         if done:
             self.store.remove(collection, done)
             refine.refresh(self.store, collection)
+            self._sync_regions(collection)
             self.store.flush()
         acted = {a.content_hash for a in plan.actions}
         with Decisions.of_library(self.home) as decisions:
@@ -713,6 +737,114 @@ class Library:
         cache = FeatureCache(records.__getitem__, self._record_picture, size=len(pairs) + 1)
         found = copies_of(verify.extract(picture), pairs, cache)[:k]
         return [CopyHit(i, records[i].path, c.score, records[i], comparison=c) for i, c in found]
+
+    # -- object-aware search (issue 17, objects.py) ---------------------------------------------
+    def detector(self, name: str | None = None) -> Any:
+        """The object detector (detect/): `name` or the `detector` setting or SSD; the class-agnostic
+        proposals alone when the SSD's file is not at hand."""
+        from .detect import get_detector
+
+        name = name or getattr(self.settings, "detector", None) or "ssd"
+        with self._embed_lock:
+            key = f"detector:{name}"
+            if key not in self._embedders:
+                try:
+                    self._embedders[key] = get_detector(name, self.model_dir, threads=self.settings.intra_op_threads)
+                except LookalikeError:
+                    if name != "ssd":
+                        raise
+                    self._embedders[key] = get_detector("proposals", self.model_dir)
+            return self._embedders[key]
+
+    def regions(self, query: Query, *, collection: str | None = None, limits: Limits | None = None) -> list[Any]:
+        """The regions `search(objects=True)` searches with (detect.Region: box, score, label, source)."""
+        from .objects import pick_regions
+
+        embedder = self.collection_embedder(collection) if collection else self.embedder()
+        picture = self._region_picture(query, collection, embedder, limits)
+        return pick_regions(picture, self._detect_fn())
+
+    def _detect_fn(self) -> Any:
+        detector = self.detector()
+        return None if detector.name == "proposals" else detector.detect
+
+    def _has_regions(self, collection: str) -> bool:
+        from .objects import has_regions
+
+        return has_regions(self.store, collection)
+
+    @staticmethod
+    def _check_regions_mode(mode: str) -> None:
+        from .objects import REGION_MODES
+
+        if mode not in REGION_MODES:
+            raise LookalikeError(f"unknown regions mode '{mode}': use {', '.join(REGION_MODES)}")
+
+    def _sync_regions(self, collection: str, *, create: bool = False, progress: ProgressFn | None = None) -> None:
+        """Keep the collection's region rows in step with its images (objects.sync_regions)."""
+        from .objects import ensure_companion, has_regions, sync_regions
+
+        if create:
+            ensure_companion(self.store, collection)
+        elif not has_regions(self.store, collection):
+            return
+        embedder = self.collection_embedder(collection)
+
+        def picture(record: ImageRecord) -> Image.Image:
+            return decode(self._source_bytes(record), max_pixels=self.settings.max_pixels,
+                          draft_size=2 * (embedder.draft_size or 224), suffix=Path(record.path).suffix)
+
+        sync_regions(self.store, collection, embedder, picture, self._detect_fn(),
+                     progress=progress)  # type: ignore[arg-type]
+        self.store.flush()
+
+    def _region_picture(self, query: Query, collection: str | None, embedder: Embedder,
+                        limits: Limits | None) -> Image.Image:
+        if isinstance(query, int):
+            if collection is None:
+                raise LookalikeError("an image id needs a collection")
+            record = self.get_image(collection, query)
+            return decode(self._source_bytes(record), max_pixels=self.settings.max_pixels,
+                          draft_size=2 * (embedder.draft_size or 224), suffix=Path(record.path).suffix)
+        return self._picture(query, embedder, limits)  # type: ignore[arg-type]
+
+    def _object_search(self, query: Query, *, k: int, collection: str, flt: Filter | None, min_score: float | None,
+                       model: str | None, expand: bool, rotation_invariant: bool, limits: Limits | None,
+                       timings: dict[str, float] | None, objects: bool, box: Any) -> list[Hit]:
+        from .objects import check_box, merge, parse_box, pick_regions
+
+        started = time.perf_counter()
+        embedder = self.collection_embedder(collection, model)
+        wanted = parse_box(box)
+        searches: list[tuple[np.ndarray, list[int] | None]] = []
+        if wanted is not None or objects:
+            picture = self._region_picture(query, collection, embedder, limits)
+            if wanted is not None:
+                crop = check_box(wanted, *picture.size)
+                searches.append((embedder.embed_images([picture.crop(crop)])[0], list(crop)))
+            else:
+                regions = pick_regions(picture, self._detect_fn())
+                vectors = embedder.embed_images([picture] + [picture.crop(r.box) for r in regions])
+                searches = [(vectors[0], None)] + [(v, list(r.box)) for v, r in zip(vectors[1:], regions, strict=True)]
+        else:
+            searches.append((self.query_vector(query, collection=collection, model=model,
+                                               rotation_invariant=rotation_invariant, limits=limits), None))
+        embedded = time.perf_counter()
+        exclude = {query} if isinstance(query, int) else None
+
+        def whole(vector: np.ndarray, depth: int) -> list[tuple[int, float]]:
+            return [(h.id, h.score) for h in self.search_vector(vector, k=depth, collection=collection, flt=flt,
+                                                                 expand=expand)]
+
+        matches = merge(self.store, collection, searches, k, whole=whole, flt=flt, exclude_ids=exclude,
+                        min_score=min_score)
+        records = {r.id: r for r in self.store.get(collection, [m.id for m in matches])}
+        hits = [Hit(m.id, records[m.id].path, m.score, records[m.id], box=m.box, query_box=m.query_box)
+                for m in matches if m.id in records]
+        if timings is not None:
+            timings["embed"] = embedded - started
+            timings["search"] = time.perf_counter() - embedded
+        return hits
 
     # -- refinement ---------------------------------------------------------------------------
     def refresh(self, collection: str = DEFAULT_COLLECTION) -> int:

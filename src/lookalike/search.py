@@ -16,10 +16,16 @@ class Hit:
     path: str
     score: float
     record: ImageRecord
+    box: list[int] | None = None  # the region of this image that matched (regions indexed), else the whole
+    query_box: list[int] | None = None  # the region of the query that found it (search --objects / --box)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self.record)
         data["score"] = round(float(self.score), 6)
+        if self.box is not None:
+            data["box"] = list(self.box)
+        if self.query_box is not None:
+            data["query_box"] = list(self.query_box)
         return data
 
 

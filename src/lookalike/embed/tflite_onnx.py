@@ -5,8 +5,17 @@ TensorFlow, a multi-GB install. The graph uses a handful of ops (convolutions, h
 average pool, elementwise arithmetic, reshape), so it is translated here op by op, reading the
 flatbuffer with the small `tflite` schema package. Tensors are kept NCHW inside the ONNX graph (one
 transpose at the input), weights are transposed once at conversion. Unknown ops raise a clear error
-rather than producing a wrong graph; `tests/embed/test_tflite_onnx.py` checks the result against an
+rather than producing a wrong graph; `tests/embed/test_mediapipe.py` checks the result against an
 independent (tf2onnx) conversion of the same file.
+
+Quantized (uint8) models, such as the COCO SSD MobileNet detector (issue 17), are dequantized at
+conversion: weights become float32 ((q - zero_point) * scale, per tensor or per channel), the graph
+takes the real pixel values 0..255 as float32 and applies the input's quantization itself, and runs in
+float. A graph that ends in TFLite's `TFLite_Detection_PostProcess` custom op (box decoding + NMS,
+which ONNX has no equivalent for) is cut before it: the ONNX outputs are the op's inputs (`raw_boxes`
+(batch, A, 4) as (ty, tx, th, tw) encodings, `raw_scores` (batch, A, classes + 1) after the sigmoid) and
+the constant `anchors` (A, 4) as (cy, cx, h, w); `postprocess_options` reads the op's settings
+(scales, IoU threshold) and `lookalike.detect.ssd` decodes the boxes in numpy.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ def convert(tflite_path: Path, onnx_path: Path, *, input_name: str = "image", ou
     buf = Path(tflite_path).read_bytes()
     model = tflite.Model.GetRootAsModel(buf, 0)
     graph = model.Subgraphs(0)
-    op_names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    op_names = _op_names()
 
     def tensor_shape(index: int) -> list[int]:
         t = graph.Tensors(index)
@@ -42,10 +51,20 @@ def convert(tflite_path: Path, onnx_path: Path, *, input_name: str = "image", ou
         data = model.Buffers(t.Buffer()).DataAsNumpy()
         if isinstance(data, int) or data is None or len(data) == 0:
             return None
-        dtype = {tflite.TensorType.FLOAT32: np.float32, tflite.TensorType.INT32: np.int32}.get(t.Type())
+        dtype = {tflite.TensorType.FLOAT32: np.float32, tflite.TensorType.INT32: np.int32,
+                 tflite.TensorType.UINT8: np.uint8, tflite.TensorType.INT8: np.int8}.get(t.Type())
         if dtype is None:
-            raise LookalikeError(f"{tflite_path.name}: tensor type {t.Type()} is not supported (float32 models only)")
-        return np.frombuffer(data.tobytes(), dtype=dtype).reshape(tensor_shape(index) or ())
+            raise LookalikeError(f"{tflite_path.name}: tensor type {t.Type()} is not supported")
+        array = np.frombuffer(data.tobytes(), dtype=dtype).reshape(tensor_shape(index) or ())
+        quant = _quantization(t)
+        if quant is None or dtype == np.float32 or (dtype == np.int32 and index in shape_inputs):
+            return array
+        scale, zero, axis = quant  # dequantize: weights (uint8/int8) and biases (int32, zero point 0)
+        if scale.size > 1:
+            shape = [1] * array.ndim
+            shape[axis] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        return ((array.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)).astype(np.float32)
 
     nodes: list[Any] = []
     inits: list[Any] = []
@@ -89,17 +108,34 @@ def convert(tflite_path: Path, onnx_path: Path, *, input_name: str = "image", ou
         return "SAME_UPPER" if code == tflite.Padding.SAME else "VALID"
 
     (graph_input,) = graph.InputsAsNumpy()
-    (graph_output,) = graph.OutputsAsNumpy()
+    graph_outputs = [int(t) for t in graph.OutputsAsNumpy()]
     in_shape = tensor_shape(graph_input)
     produced: dict[int, str] = {}
-    nodes.append(helper.make_node("Transpose", [input_name], ["input_nchw"], perm=[0, 3, 1, 2]))
+    plain: set[int] = set()  # tensors kept in tflite's own layout (after a reshape), not NCHW
+    shape_inputs: set[int] = set()  # int32 constants that are shapes or axes, never dequantized
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        if op_names.get(_builtin(model, op), "?") == "RESHAPE" and op.InputsLength() > 1:
+            shape_inputs.add(int(op.Inputs(1)))
+    source = input_name
+    in_quant = _quantization(graph.Tensors(int(graph_input)))
+    if in_quant is not None and graph.Tensors(int(graph_input)).Type() != tflite.TensorType.FLOAT32:
+        scale, zero, _ = in_quant  # the graph takes real pixel values (0..255) and dequantizes them itself
+        source = "input_dequantized"
+        nodes.append(helper.make_node("Sub", [input_name, add_const(np.float32(zero.ravel()[0]))], ["input_centred"]))
+        nodes.append(helper.make_node("Mul", ["input_centred", add_const(np.float32(scale.ravel()[0]))], [source]))
+    nodes.append(helper.make_node("Transpose", [source], ["input_nchw"], perm=[0, 3, 1, 2]))
     produced[int(graph_input)] = "input_nchw"
+    postprocess: list[int] = []
 
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
         code = model.OperatorCodes(op.OpcodeIndex())
-        kind = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "?")
+        kind = op_names.get(_builtin(model, op), "?")
         ins = [int(t) for t in op.InputsAsNumpy()]
+        if kind == "CUSTOM" and code.CustomCode() == POSTPROCESS:
+            postprocess = ins  # boxes, scores, anchors: decoded outside the graph
+            break
         (out_index,) = [int(t) for t in op.OutputsAsNumpy()]
         table = op.BuiltinOptions()
         out = fresh(kind.lower())
@@ -148,20 +184,72 @@ def convert(tflite_path: Path, onnx_path: Path, *, input_name: str = "image", ou
             out = activation(out, opts.FusedActivationFunction())
         elif kind == "RESHAPE":
             target = tensor_shape(out_index)
-            if len(target) != 2:
-                raise LookalikeError(f"{tflite_path.name}: only a final reshape to (batch, features) is supported")
-            nodes.append(helper.make_node("Flatten", [produced[ins[0]]], [out], axis=1))
+            source_shape = tensor_shape(ins[0])
+            if len(target) == 2 and ins[0] not in plain and source_shape[1:3] == [1, 1]:
+                nodes.append(helper.make_node("Flatten", [produced[ins[0]]], [out], axis=1))
+            else:  # back to tflite's NHWC order first, then its reshape (batch kept dynamic)
+                src = produced[ins[0]]
+                if ins[0] not in plain and len(source_shape) == 4:
+                    src = fresh("nhwc")
+                    nodes.append(helper.make_node("Transpose", [produced[ins[0]]], [src], perm=[0, 2, 3, 1]))
+                shape = add_const(np.array([-1, *target[1:]], dtype=np.int64), "shape")
+                nodes.append(helper.make_node("Reshape", [src, shape], [out]))
+                plain.add(out_index)
+        elif kind == "CONCATENATION":
+            opts = tflite.ConcatenationOptions()
+            opts.Init(table.Bytes, table.Pos)
+            axis = opts.Axis() % len(tensor_shape(out_index))
+            if not all(t in plain for t in ins):
+                if any(t in plain for t in ins) or len(tensor_shape(out_index)) != 4:
+                    raise LookalikeError(f"{tflite_path.name}: CONCATENATION {i} mixes layouts")
+                axis = _NHWC_TO_NCHW_AXIS[axis]
+            nodes.append(helper.make_node("Concat", [produced[t] for t in ins], [out], axis=int(axis)))
+            out = activation(out, opts.FusedActivationFunction())
+            if all(t in plain for t in ins):
+                plain.add(out_index)
+        elif kind == "LOGISTIC":
+            nodes.append(helper.make_node("Sigmoid", [produced[ins[0]]], [out]))
+            if ins[0] in plain:
+                plain.add(out_index)
         else:
             raise LookalikeError(f"{tflite_path.name}: tflite op {kind} is not supported by this converter")
+        out_tensor = graph.Tensors(out_index)
+        out_quant = _quantization(out_tensor)
+        if out_quant is not None and out_tensor.Type() in (tflite.TensorType.UINT8, tflite.TensorType.INT8):
+            # a quantized output saturates at its range (often the only trace of a ReLU6): clip the float
+            scale, zero, _ = out_quant
+            low, high = (0, 255) if out_tensor.Type() == tflite.TensorType.UINT8 else (-128, 127)
+            s0, z0 = float(scale.ravel()[0]), float(zero.ravel()[0])
+            clipped = fresh("range")
+            nodes.append(helper.make_node("Clip", [out, add_const(np.float32((low - z0) * s0)),
+                                                   add_const(np.float32((high - z0) * s0))], [clipped]))
+            out = clipped
         produced[out_index] = out
 
-    nodes.append(helper.make_node("Identity", [produced[int(graph_output)]], [output_name]))
-    out_dim = tensor_shape(int(graph_output))[-1]
+    if postprocess:
+        boxes, scores, anchors = postprocess[:3]
+        anchor_values = constant(anchors)
+        if anchor_values is None or boxes not in plain or scores not in plain:
+            raise LookalikeError(f"{tflite_path.name}: unexpected inputs to {POSTPROCESS}")
+        nodes.append(helper.make_node("Identity", [produced[boxes]], ["raw_boxes"]))
+        nodes.append(helper.make_node("Identity", [produced[scores]], ["raw_scores"]))
+        nodes.append(helper.make_node("Identity", [add_const(anchor_values.astype(np.float32), "anchors")],
+                                      ["anchors"]))
+        outputs = [helper.make_tensor_value_info("raw_boxes", TensorProto.FLOAT, ["batch", *tensor_shape(boxes)[1:]]),
+                   helper.make_tensor_value_info("raw_scores", TensorProto.FLOAT,
+                                                 ["batch", *tensor_shape(scores)[1:]]),
+                   helper.make_tensor_value_info("anchors", TensorProto.FLOAT, list(anchor_values.shape))]
+    else:
+        if len(graph_outputs) != 1:
+            raise LookalikeError(f"{tflite_path.name}: only single-output models are supported")
+        (graph_output,) = graph_outputs
+        nodes.append(helper.make_node("Identity", [produced[int(graph_output)]], [output_name]))
+        out_dim = tensor_shape(int(graph_output))[-1]
+        outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", out_dim])]
     graph_proto = helper.make_graph(
         nodes, "tflite_converted",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", *in_shape[1:]])],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", out_dim])],
-        inits)
+        outputs, inits)
     onnx_model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 17)],
                                    producer_name="lookalike.tflite_onnx")
     onnx.checker.check_model(onnx_model)
@@ -171,3 +259,43 @@ def convert(tflite_path: Path, onnx_path: Path, *, input_name: str = "image", ou
     onnx.save(onnx_model, str(tmp))
     tmp.replace(onnx_path)
     return onnx_path
+
+
+POSTPROCESS = b"TFLite_Detection_PostProcess"
+
+
+def _op_names() -> dict[int, str]:
+    import tflite
+
+    return {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def _builtin(model: Any, op: Any) -> int:
+    code = model.OperatorCodes(op.OpcodeIndex())
+    return max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+
+
+def _quantization(tensor: Any) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(scale, zero_point, axis) of a quantized tensor, None for a float one."""
+    q = tensor.Quantization()
+    if q is None or q.ScaleLength() == 0:
+        return None
+    scale = q.ScaleAsNumpy()
+    zero = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros_like(scale)
+    return np.asarray(scale, np.float32), np.asarray(zero, np.int64), int(q.QuantizedDimension())
+
+
+def postprocess_options(tflite_path: Path) -> dict[str, float]:
+    """The settings of a detector's `TFLite_Detection_PostProcess` op (y_scale, x_scale, h_scale, w_scale,
+    nms_iou_threshold, nms_score_threshold, max_detections, num_classes, ...); {} if it has none."""
+    import tflite
+    from flatbuffers import flexbuffers
+
+    model = tflite.Model.GetRootAsModel(Path(tflite_path).read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        if model.OperatorCodes(op.OpcodeIndex()).CustomCode() == POSTPROCESS:
+            raw = flexbuffers.Loads(bytes(op.CustomOptionsAsNumpy()))
+            return {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float | bool)}
+    return {}

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AlreadyExists, LookalikeError, StaleWrite, UnknownCollection, UnknownImage
-from ..names import COLLECTION_NAME_RE, valid_image_id
+from ..names import COLLECTION_NAME_RE, is_regions_name, valid_image_id
 from .base import CollectionInfo, Filter, ImageRecord
 
 SCHEMA_VERSION = 4
@@ -268,7 +268,7 @@ class Catalogue:
     @staticmethod
     def check_new_collection(name: str, metric: str) -> None:
         """Refuse a name that can't be a file name, or an unknown metric (before the index checks its spec)."""
-        if not NAME_RE.match(name):
+        if not NAME_RE.match(name) and not is_regions_name(name):
             raise LookalikeError(f"invalid collection name '{name}': use 1-64 letters, digits, '_' or '-'")
         if metric not in ("cosine", "hamming"):
             raise LookalikeError(f"unknown metric '{metric}': use cosine or hamming")

@@ -478,6 +478,9 @@ def models(ctx: click.Context, as_json: bool) -> None:
     from rich.console import Console
 
     Console(width=None if sys.stdout.isatty() else 250).print(table)  # piped: one line per model, greppable
+    from .cli_train import print_trained
+
+    print_trained(cards)
 
 
 @cli.command()
@@ -594,6 +597,11 @@ def eval_command(ctx: click.Context, dataset: Path, models: tuple[str, ...], tru
                       f"{r.latency_ms['p50']:.2f}")
     _console().print(table)
     click.echo("reports: " + ", ".join(files.values()))
+
+
+from .cli_train import train as _train  # noqa: E402 - `lookalike train` (issue 16) lives in its own module
+
+cli.add_command(_train)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,8 +115,24 @@ class Library:
         return resolve(self.settings.model, self.model_dir)
 
     def models(self) -> list[ModelCard]:
-        """Every embedder this library can use (see `default_model` for the one new collections get)."""
-        return model_cards()
+        """Every embedder this library can use (see `default_model` for the one new collections get),
+        then the models trained on this library's pictures (`train`), with their lineage and figures."""
+        return model_cards() + self.trained_models()
+
+    def trained_models(self) -> list[ModelCard]:
+        from .embed import trained
+
+        cards = []
+        for name in trained.names(self.model_dir):
+            with suppress(LookalikeError, KeyError, ValueError, TypeError):
+                cards.append(trained.model_card(trained.read_card(self.model_dir, name)))
+        return cards
+
+    def forget_embedder(self, name: str) -> None:
+        """Drop a loaded model (and its versions) so the next use reads it again (after a retrain)."""
+        with self._embed_lock:
+            for key in [k for k in self._embedders if k == name or k.startswith(name + "@")]:
+                del self._embedders[key]
 
     def has_text(self, model: str) -> bool:
         """Whether collections of `model` can be searched by text."""
@@ -874,3 +890,16 @@ class Library:
         refine.rebuild(self.store, collection, params)
         self.store.flush()
         return params
+
+    # -- training (issue 16) ------------------------------------------------------------------
+    def train(self, name: str, collection: str = DEFAULT_COLLECTION, *,
+              labels: str | os.PathLike[str] | None = None, self_supervised: bool = False, force: bool = False,
+              resume: bool = False, progress: Any = None, **params: Any) -> dict[str, Any]:
+        """Train model `name` on `collection`'s pictures: with `labels` (CSV image,label or a folder per
+        class) a metric-learning head, with `self_supervised` a contrastive one; the pretrained model
+        stays frozen. Returns the model card; the model is then usable as `model=name` everywhere.
+        `params`: see lookalike.train.fit.Config (dim, epochs, loss, views, ...). Needs the `train` extra."""
+        from .train.run import train
+
+        return train(self, name, collection, labels=labels, self_supervised=self_supervised, force=force,
+                     resume=resume, progress=progress, **params)

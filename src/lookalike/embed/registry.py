@@ -53,8 +53,11 @@ def resolve(name: str | None, cache_dir: Path | None = None, *, fetch: bool = Fa
 def get_embedder(name: str | None, cache_dir: Path, *, threads: int = 0) -> Embedder:
     resolved = resolve(name, cache_dir, fetch=True)
     entry = _REGISTRY.get(resolved)
-    from . import torch_models
+    from . import torch_models, trained
 
+    if entry is None and trained.exists(cache_dir, resolved):  # trained on this library's pictures
+        return trained.load(cache_dir, resolved, lambda base: get_embedder(base, cache_dir, threads=threads),
+                            threads=threads)
     if entry is None and resolved.startswith(torch_models.PREFIXES):
         return torch_models.make_embedder(torch_models.spec_for(resolved), cache_dir, threads=threads)
     if entry is None and "+" in resolved:

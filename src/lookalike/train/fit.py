@@ -27,16 +27,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Per-mode defaults, chosen on tf_flowers (docs/benchmarks.md, "Training"): with labels a linear CosFace
+# head beat supervised contrastive and MLP heads; without labels every head that moved far from the
+# backbone's geometry lost retrieval quality, so the self-supervised default moves little.
+DEFAULTS = {
+    "supervised": {"loss": "cosface", "dim": 256, "hidden": 0, "lr": 3e-3, "epochs": 40},
+    "self-supervised": {"loss": "nt-xent", "dim": 512, "hidden": 0, "lr": 1e-4, "epochs": 15},
+}
+
 
 @dataclass
 class Config:
     mode: str = "supervised"  # or "self-supervised"
-    loss: str = ""  # default: supcon (supervised), nt-xent (self-supervised)
-    dim: int = 256  # output dimension, 64..1024
-    hidden: int = 1024  # 0: a linear projection
-    epochs: int = 40
+    loss: str | None = None  # supcon | cosface (supervised); nt-xent | clusters (self-supervised)
+    dim: int | None = None  # output dimension, 64..1024
+    hidden: int | None = None  # 0: linear head; else P x + MLP(x) with this hidden width
+    epochs: int | None = None
+    lr: float | None = None
     batch: int = 256
-    lr: float = 1e-3
     weight_decay: float = 1e-4
     temperature: float = 0.1
     margin: float = 0.25  # cosface
@@ -50,8 +58,11 @@ class Config:
     device: str = "auto"
 
     def resolved(self) -> Config:
-        loss = self.loss or ("supcon" if self.mode == "supervised" else "nt-xent")
-        return Config(**{**asdict(self), "loss": loss})
+        values = asdict(self)
+        for key, value in DEFAULTS.get(self.mode, DEFAULTS["supervised"]).items():
+            if values[key] is None:
+                values[key] = value
+        return Config(**values)
 
 
 class Head(nn.Module):

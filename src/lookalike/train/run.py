@@ -98,7 +98,7 @@ def train(lib: Library, name: str, collection: str, *, labels: str | os.PathLike
     mode = "self-supervised" if self_supervised else "supervised"
     params = {k: v for k, v in params.items() if v is not None}
     config = _config_type()(mode=mode, **params).resolved()
-    if not 8 <= config.dim <= 4096:
+    if not 64 <= config.dim <= 1024:
         raise LookalikeError(f"--dim {config.dim}: choose an output dimension from 64 to 1024")
     model_dir = lib.model_dir
     target = trained.folder(model_dir, name)

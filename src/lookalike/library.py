@@ -848,11 +848,12 @@ class Library:
         embedded = time.perf_counter()
         exclude = {query} if isinstance(query, int) else None
 
-        def whole(vector: np.ndarray, depth: int) -> list[tuple[int, float]]:
-            return [(h.id, h.score) for h in self.search_vector(vector, k=depth, collection=collection, flt=flt,
-                                                                 expand=expand)]
+        params = refine.RefineParams.from_settings(*self.store.collection_settings(collection))
 
-        matches = merge(self.store, collection, searches, k, whole=whole, flt=flt, exclude_ids=exclude,
+        def expanded(vector: np.ndarray) -> np.ndarray:
+            return refine.expand_query(self.store, collection, vector, params, flt) if expand else vector
+
+        matches = merge(self.store, collection, searches, k, expand=expanded, flt=flt, exclude_ids=exclude,
                         min_score=min_score)
         records = {r.id: r for r in self.store.get(collection, [m.id for m in matches])}
         hits = [Hit(m.id, records[m.id].path, m.score, records[m.id], box=m.box, query_box=m.query_box)

@@ -46,6 +46,8 @@ MIN_SIDE = 24  # pixels: a smaller crop carries too little for the embedder
 MIN_AREA = 0.04  # of the picture
 MAX_AREA = 0.8  # a region nearly the whole picture adds nothing to the whole-picture vector
 BATCH = 16  # images per write while indexing regions
+INDEX_LIMIT = 10  # regions stored per image (a query may use more: QUERY_LIMIT)
+QUERY_LIMIT = 16
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _BOX_RE = re.compile(f"^{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}$")
 
@@ -88,7 +90,7 @@ def check_box(box: tuple[float, float, float, float], width: int, height: int) -
 
 
 def pick_regions(image: Image.Image, detect: Callable[[Image.Image], list[Region]] | None, *,
-                 limit: int = 16) -> list[Region]:
+                 limit: int = QUERY_LIMIT) -> list[Region]:
     """The regions of a picture worth a vector, best first: detector boxes, then edge/colour proposals,
     then a 2-scale window grid (measured in bench/objects.py: each source finds objects the others miss,
     the grid most of the non-COCO ones); near-duplicates (IoU > 0.7) and tiny or near-whole boxes dropped."""
@@ -172,7 +174,7 @@ def sync_regions(store: Store, collection: str, embedder: Embedder, picture: Cal
             except (LookalikeError, OSError) as exc:
                 log.warning("regions of image %s skipped: %s", rec.id, exc)
                 image = None
-            regions = pick_regions(image, detect) if image is not None else []
+            regions = pick_regions(image, detect, limit=INDEX_LIMIT) if image is not None else []
             if not regions:  # a marker, so the image is not looked at again until it changes
                 marks.append(len(records))
                 records.append(ImageRecord(path=f"region:{rec.id}:0", content_hash=rec.content_hash,
@@ -198,12 +200,23 @@ def sync_regions(store: Store, collection: str, embedder: Embedder, picture: Cal
 
 
 def merge(store: Store, collection: str, searches: list[tuple[np.ndarray, list[int] | None]], k: int, *,
-          whole: Callable[[np.ndarray, int], list[tuple[int, float]]], flt: Filter | None = None,
+          expand: Callable[[np.ndarray], np.ndarray], flt: Filter | None = None,
           exclude_ids: set[int] | None = None, min_score: float | None = None) -> list[Match]:
-    """Search each (vector, query box) in the collection (`whole`: its refined search) and, if it has
-    one, the companion (plain cosine on region vectors); best score per image wins."""
+    """Search each (vector, query box) in the collection and, if it has one, in its companion; best score
+    per image wins.
+
+    Whole-image scores are the collection's own (refined: DBA index, `expand` = query expansion). A region
+    found in the companion scores plain cosine, which is not on that scale (DBA and expansion lift the
+    scores of a query's neighbours, by about 0.1-0.2), so region scores are moved onto it by this query's
+    own lift: the median, over its whole-image hits, of refined minus plain cosine. One offset for all
+    images of a query: no image is favoured for being in a tight group (a per-image lift would be), and
+    an ordinary query, where no region beats the whole picture, keeps the refined ranking."""
     exclude_ids = exclude_ids or set()
     best: dict[int, Match] = {}
+    companion = has_regions(store, collection)
+    name = regions_of(collection)
+    allowed = (set(store.find_ids(collection, flt=flt)) if companion and flt is not None and not flt.is_empty()
+               else None)
 
     def offer(m: Match) -> None:
         if m.id in exclude_ids or (min_score is not None and m.score < min_score):
@@ -213,29 +226,36 @@ def merge(store: Store, collection: str, searches: list[tuple[np.ndarray, list[i
 
     depth = k + len(exclude_ids)
     for vector, qbox in searches:
-        for i, s in whole(vector, depth):
+        expanded = expand(vector)
+        scores, ids = store.search(collection, expanded[None, :].astype(np.float32), depth, flt)
+        refined = {int(i): float(s) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0}
+        for i, s in refined.items():
             offer(Match(i, s, None, qbox))
-    if has_regions(store, collection):
-        name = regions_of(collection)
-        allowed = set(store.find_ids(collection, flt=flt)) if flt is not None and not flt.is_empty() else None
-        stack = np.stack([v for v, _ in searches]).astype(np.float32)
-        scores, ids = store.search(name, stack, max(4 * depth, 32))
-        found: dict[int, tuple[float, list[int] | None]] = {}
-        for row, (vector_scores, vector_ids) in enumerate(zip(scores, ids, strict=True)):
-            for s, rid in zip(vector_scores, vector_ids, strict=True):
-                if rid >= 0 and (int(rid) not in found or s > found[int(rid)][0]):
-                    found[int(rid)] = (float(s), searches[row][1])
-        rows = {r.id: r for r in store.get(name, list(found))}
-        parents = {r.id: r.content_hash for r in store.get(collection, sorted(
-            {int(r.metadata.get("image", 0)) for r in rows.values()} - {0}))}
-        for rid, (s, qbox) in found.items():
+        if not companion:
+            continue
+        rscores, rids = store.search(name, vector[None, :].astype(np.float32), max(4 * depth, 32))
+        found = [(int(r), float(s)) for r, s in zip(rids[0], rscores[0], strict=True) if r >= 0]
+        rows = {r.id: r for r in store.get(name, [r for r, _ in found])}
+        by_image: dict[int, tuple[float, list[int] | None]] = {}
+        for rid, s in found:
             r = rows.get(rid)
             if r is None or r.metadata.get("none"):
                 continue
             pid = int(r.metadata.get("image", 0))
-            if parents.get(pid) != r.content_hash or (allowed is not None and pid not in allowed):
-                continue  # its image is gone or changed (not yet synced), or filtered out
-            offer(Match(pid, s, list(r.metadata.get("box") or []) or None, qbox))
+            if pid not in by_image or s > by_image[pid][0]:
+                by_image[pid] = (s, list(r.metadata.get("box") or []) or None)
+        pids = sorted(p for p in by_image if allowed is None or p in allowed)
+        current = {r.id: r.content_hash for r in store.get(collection, pids)}
+        hashes = {rows[rid].metadata.get("image"): rows[rid].content_hash for rid, _ in found if rid in rows}
+        pids = [p for p in pids if p in current and hashes.get(p) == current[p]]  # image gone or changed: skip
+        if not pids:
+            continue
+        top = list(refined)
+        gaps = np.array(list(refined.values())) - store.vectors(collection, top) @ vector if top else np.zeros(1)
+        lift = float(np.median(gaps))
+        for p in pids:
+            s, rbox = by_image[p]
+            offer(Match(p, s + lift, rbox, qbox))
     return sorted(best.values(), key=lambda m: -m.score)[:k]
 
 

@@ -16,6 +16,7 @@ from PIL import Image, ImageFilter
 
 from .base import Detector, Region, clip_box, iou, nms
 
+W_COLOUR = 3.0
 WORK_SIDE = 160  # edges are measured on a small copy: cheap, and fine structure is noise here
 
 
@@ -83,7 +84,7 @@ def edge_boxes(image: Image.Image, *, limit: int = 6, min_area: float = 0.06, ma
     outer_area = (ox1 - ox0) * (oy1 - oy0) - inner_area
     valid = outer_area > 0
     # the boundary: edge energy on the box's border band (a pasted or placed object has one)
-    band = np.maximum(1, ring // 2)
+    band = np.ones_like(ring)
     ix0, iy0, ix1, iy1 = x0 + band, y0 + band, x1 - band, y1 - band
     border = (_box_sum(ii_mag, np.maximum(0, x0 - band), np.maximum(0, y0 - band), np.minimum(w, x1 + band),
                        np.minimum(h, y1 + band)) - _box_sum(ii_mag, ix0, iy0, ix1, iy1))
@@ -95,7 +96,11 @@ def edge_boxes(image: Image.Image, *, limit: int = 6, min_area: float = 0.06, ma
         inside = _box_sum(ii, x0, y0, x1, y1)
         around = _box_sum(ii, ox0, oy0, ox1, oy1) - inside
         colour += (inside / inner_area - around / np.maximum(outer_area, 1)) ** 2
-    score = border_mean / (mag.mean() + 1e-6) + 3.0 * np.sqrt(colour)
+    # edges concentrated on the boundary, not spread over the box or its surroundings (texture)
+    inside_mean = _box_sum(ii_mag, ix0, iy0, ix1, iy1) / np.maximum((ix1 - ix0) * (iy1 - iy0), 1)
+    outside_mean = ((_box_sum(ii_mag, ox0, oy0, ox1, oy1) - _box_sum(ii_mag, x0, y0, x1, y1))
+                    / np.maximum(outer_area, 1))
+    score = (border_mean - np.maximum(inside_mean, outside_mean)) / (mag.mean() + 1e-6) + W_COLOUR * np.sqrt(colour)
     score[~valid] = -np.inf
     keep = nms(b.astype(np.float64), score, iou_threshold, limit=limit)
     inv = 1.0 / scale

@@ -68,6 +68,9 @@ def create_app(library: Library | None = None, *, home: str | os.PathLike[str] |
     app.mount("/static", StaticFiles(directory=system.STATIC), name="static")
     for module in (system, search, collections, images, jobs, dupes):
         app.include_router(module.router)
+    from .routes import train as train_routes  # issue 16: training jobs
+
+    app.include_router(train_routes.router)
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:  # the schema states this server's own limit on k

@@ -67,6 +67,8 @@ def parse_box(value: str | Iterable[float] | None) -> tuple[float, float, float,
             raise BadBox(f"bad box '{value[:40]}': give x0,y0,x1,y1 in pixels of the query picture, "
                          "e.g. 120,40,380,300")
         return tuple(float(g) for g in m.groups())  # type: ignore[return-value]
+    if not isinstance(value, list | tuple):
+        raise BadBox("bad box: give x0,y0,x1,y1 in pixels of the query picture, e.g. 120,40,380,300")
     numbers = list(value)
     if len(numbers) != 4 or not all(isinstance(n, int | float) and np.isfinite(n) for n in numbers):
         raise BadBox("bad box: give four numbers x0,y0,x1,y1 in pixels of the query picture")

@@ -24,6 +24,10 @@ ID = {"type": "integer", "minimum": 1, "maximum": MAX_IMAGE_ID}
 NAME = {"type": "string", "pattern": COLLECTION_NAME, "maxLength": 64}
 TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}
 SHORT = {"type": "string", "maxLength": 256}
+_NUM = r"\s*\d{1,6}(\.\d{1,4})?\s*"
+BOX = {"type": "string", "pattern": f"^{_NUM},{_NUM},{_NUM},{_NUM}$", "maxLength": 64,
+       "examples": ["120,40,380,300"]}  # x0,y0,x1,y1 in pixels of the query picture (x1 > x0, y1 > y0)
+BOX_ARRAY = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1e6}, "minItems": 4, "maxItems": 4}
 DEFAULT_MAX_K = 1000
 
 
@@ -45,6 +49,11 @@ def search_openapi() -> dict[str, Any]:
                  "also find copies rotated by 90/180/270 degrees (embeds the query 4 times)"),
                 ("copies", {"type": "boolean", "default": False},
                  "only images verified as copies of the query; score = copy confidence in [0, 1]"),
+                ("objects", {"type": "boolean", "default": False},
+                 "also search with each object/region found in the query picture; best region per image wins "
+                 "(each result's `query_box` is the region that found it)"),
+                ("box", BOX, "search with this region of the query picture only: x0,y0,x1,y1 in pixels, inside "
+                 "the picture, x1 > x0 and y1 > y0 (else 400 bad-box)"),
                 ("group_id", SHORT, "only images with this group id"),
                 ("tag", {"type": "array", "items": SHORT, "maxItems": 100}, "only images carrying every tag"),
                 ("where", {"type": "array", "items": {"type": "string", "pattern": "^[^=]+=.*$", "maxLength": 512},
@@ -53,11 +62,13 @@ def search_openapi() -> dict[str, Any]:
             ]],
         "requestBody": {"required": False, "content": {
             "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "file": {"type": "string", "format": "binary"}, "k": k, "collection": NAME}}},
+                "file": {"type": "string", "format": "binary"}, "k": k, "collection": NAME,
+                "objects": {"type": "boolean"}, "box": BOX}}},
             "application/json": {"schema": {"type": "object", "properties": {
                 "image_base64": {"type": "string", "contentEncoding": "base64"}, "text": TEXT, "id": ID, "k": k,
                 "collection": NAME, "min_score": {"type": "number"}, "expand": {"type": "boolean"},
-                "rotation_invariant": {"type": "boolean"}, "group_id": SHORT,
+                "rotation_invariant": {"type": "boolean"}, "group_id": SHORT, "objects": {"type": "boolean"},
+                "box": {"anyOf": [BOX, BOX_ARRAY]},
                 "tags": {"type": "array", "items": SHORT, "maxItems": 100},
                 "metadata": {"type": "object"}, "under": {"type": "string", "maxLength": 4096}}}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -162,6 +173,11 @@ async def search(request: Request) -> JSONResponse:
     expand = bool_param(params, "expand", True)
     rotation_invariant = bool_param(params, "rotation_invariant", False)
     copies = bool_param(params, "copies", False)
+    objects = bool_param(params, "objects", False)
+    box = params.get("box") if params.get("box") not in (None, "") else None
+    if (objects or box is not None) and (image is None and image_id is None or copies):
+        raise ApiError(400, "bad-request", "`objects` and `box` search with a picture (an upload or an `id`), "
+                       "not with `text` or `copies`")
     flt = search_filter(params)
 
     def run() -> dict[str, Any]:
@@ -169,15 +185,18 @@ async def search(request: Request) -> JSONResponse:
         timings: dict[str, float] = {}
         hits = state.lib.search(image if image is not None else image_id, k=k, collection=collection, text=text,
                                 flt=flt, min_score=min_score, expand=expand, rotation_invariant=rotation_invariant,
-                                limits=state.limits, timings=timings, copies=copies)
+                                limits=state.limits, timings=timings, copies=copies, objects=objects, box=box)
         if "decode" in timings:
             state.metrics.search_steps.labels("decode").observe(timings["decode"])
         state.metrics.search_steps.labels("embed+nearest").observe(timings["embed"] + timings["search"])
         return {"collection": collection, "model": state.lib.info(collection).model, "k": k, "expand": expand,
                 "rotation_invariant": rotation_invariant, "took_ms": round((time.perf_counter() - started) * 1000, 2),
                 **({"copies": True} if copies else {}),
+                **({"objects": True} if objects else {}), **({"box": box} if box is not None else {}),
                 "results": [{**state.record_out(collection, h.record, h.score, rank),
-                             **({"copy": h.comparison.to_dict()} if copies else {})}  # type: ignore[attr-defined]
+                             **({"copy": h.comparison.to_dict()} if copies else {}),  # type: ignore[attr-defined]
+                             **({"box": h.box} if getattr(h, "box", None) else {}),
+                             **({"query_box": h.query_box} if getattr(h, "query_box", None) else {})}
                             for rank, h in enumerate(hits, 1)]}
 
     return JSONResponse(await run_in_threadpool(run))

@@ -816,13 +816,24 @@ class Library:
 
     def _region_picture(self, query: Query, collection: str | None, embedder: Embedder,
                         limits: Limits | None) -> Image.Image:
+        """The query picture at full size (no DCT reduction), so boxes are in the picture's own pixels."""
+        wait = self.settings.decode_wait
+        if isinstance(query, Image.Image):
+            return to_rgb(query)
         if isinstance(query, int):
             if collection is None:
                 raise LookalikeError("an image id needs a collection")
             record = self.get_image(collection, query)
             return decode(self._source_bytes(record), max_pixels=self.settings.max_pixels,
-                          draft_size=2 * (embedder.draft_size or 224), suffix=Path(record.path).suffix)
-        return self._picture(query, embedder, limits)  # type: ignore[arg-type]
+                          suffix=Path(record.path).suffix, wait=wait)
+        if isinstance(query, bytes | bytearray):
+            if limits is not None:
+                return decode_upload(bytes(query), max_bytes=limits.max_bytes, wait=wait,
+                                     max_pixels=min(limits.max_pixels, self.settings.max_pixels))
+            return decode(bytes(query), max_pixels=self.settings.max_pixels, wait=wait)
+        path = Path(query).expanduser()
+        return decode(read_bytes(path, self.settings.max_file_bytes), max_pixels=self.settings.max_pixels,
+                      suffix=path.suffix, wait=wait)
 
     def _object_search(self, query: Query, *, k: int, collection: str, flt: Filter | None, min_score: float | None,
                        model: str | None, expand: bool, rotation_invariant: bool, limits: Limits | None,

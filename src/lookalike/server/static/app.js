@@ -75,6 +75,12 @@ function render(data) {
     node.querySelector("img").alt = name;
     node.querySelector(".score").textContent = hit.score.toFixed(3);
     node.querySelector(".name").textContent = name;
+    if (hit.query_box || hit.box) {
+      node.title = `${hit.path}\nmatched by ${hit.query_box ? `query region ${hit.query_box.join(",")}` : "the whole query"}`
+        + (hit.box ? `, its region ${hit.box.join(",")}` : "");
+      node.addEventListener("mouseenter", () => { if (hit.query_box && !state.box) showBox(hit.query_box); });
+      node.addEventListener("mouseleave", () => showBox(state.box));
+    }
     node.title = `${hit.path}\nclick: more like this`;
     const more = () => searchById(hit.id, hit.thumbnail_url);
     node.addEventListener("click", more);
@@ -105,24 +111,73 @@ function common() {
 }
 
 function imageOptions() {
-  return { rotation_invariant: $("#rotations").checked };
+  const options = { rotation_invariant: $("#rotations").checked };
+  if (state.box) options.box = state.box.join(",");
+  else if ($("#objects").checked) options.objects = true;
+  return options;
+}
+
+// A box drawn on the query picture (in its own pixels) searches with that region only.
+function showBox(box) {
+  const img = $("#preview");
+  const mark = $("#box");
+  if (!box || img.hidden || !img.naturalWidth) { mark.hidden = true; return; }
+  const sx = img.clientWidth / img.naturalWidth;
+  const sy = img.clientHeight / img.naturalHeight;
+  Object.assign(mark.style, { left: `${img.offsetLeft + box[0] * sx}px`, top: `${img.offsetTop + box[1] * sy}px`,
+                              width: `${(box[2] - box[0]) * sx}px`, height: `${(box[3] - box[1]) * sy}px` });
+  mark.hidden = false;
+}
+
+function wireBoxDrawing() {
+  const img = $("#preview");
+  let start = null;
+  const at = (e) => {
+    const r = img.getBoundingClientRect();
+    const x = Math.min(Math.max(e.clientX - r.left, 0), r.width) * img.naturalWidth / r.width;
+    const y = Math.min(Math.max(e.clientY - r.top, 0), r.height) * img.naturalHeight / r.height;
+    return [Math.round(x), Math.round(y)];
+  };
+  const current = (e) => {
+    const [x, y] = at(e);
+    return [Math.min(start[0], x), Math.min(start[1], y), Math.max(start[0], x), Math.max(start[1], y)];
+  };
+  img.addEventListener("pointerdown", (e) => { e.preventDefault(); start = at(e); img.setPointerCapture(e.pointerId); });
+  img.addEventListener("pointermove", (e) => { if (start) showBox(current(e)); });
+  img.addEventListener("pointerup", (e) => {
+    if (!start) return;
+    const box = current(e);
+    start = null;
+    const big = box[2] - box[0] >= 8 && box[3] - box[1] >= 8;
+    state.box = big ? box : null;  // a click (no drag) goes back to the whole picture
+    showBox(state.box);
+    if (state.last) state.last();
+  });
+  img.addEventListener("click", (e) => e.preventDefault());  // the picture is inside the file picker's label
 }
 
 function searchFile(file) {
   if (!file) return;
   if (file.type && !file.type.startsWith("image/")) { setStatus(`${file.name} is not an image`, true); return; }
+  if (state.lastFile !== file) { state.box = null; showBox(null); }
+  state.lastFile = file;
   showPreview(URL.createObjectURL(file));
   const form = new FormData();
   form.append("file", file);
   const { collection, k } = common();
   form.append("collection", collection);
   form.append("k", String(k));
-  form.append("rotation_invariant", String(imageOptions().rotation_invariant));
+  const options = imageOptions();
+  form.append("rotation_invariant", String(options.rotation_invariant));
+  if (options.box) form.append("box", options.box);
+  if (options.objects) form.append("objects", "true");
   state.last = () => searchFile(file);
   return runSearch(form);
 }
 
 function searchById(id, thumbnailUrl) {
+  state.box = null;
+  showBox(null);
   showPreview(thumbnailUrl);
   state.last = null; // ids belong to one collection: changing it does not re-run this search
   window.scrollTo({ top: 0, behavior: "smooth" });
@@ -160,6 +215,8 @@ function wire() {
   });
   $("#k").addEventListener("change", () => { if (state.last) state.last(); });
   $("#rotations").addEventListener("change", () => { if (state.last) state.last(); });
+  $("#objects").addEventListener("change", () => { if (state.last) state.last(); });
+  wireBoxDrawing();
 }
 
 wire();

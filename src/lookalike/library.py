@@ -756,11 +756,11 @@ class Library:
 
     # -- object-aware search (issue 17, objects.py) ---------------------------------------------
     def detector(self, name: str | None = None) -> Any:
-        """The object detector (detect/): `name` or the `detector` setting or SSD; the class-agnostic
-        proposals alone when the SSD's file is not at hand."""
+        """The object detector (detect/): `name`, else $LOOKALIKE_DETECTOR (e.g. `yolo:/models/yolov8n.onnx`,
+        `proposals`), else SSD; the class-agnostic proposals alone when the SSD's file is not at hand."""
         from .detect import get_detector
 
-        name = name or getattr(self.settings, "detector", None) or "ssd"
+        name = name or os.environ.get("LOOKALIKE_DETECTOR") or "ssd"
         with self._embed_lock:
             key = f"detector:{name}"
             if key not in self._embedders:

@@ -70,3 +70,17 @@ def test_bad_files_fail_clearly(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(LookalikeError, match="unknown detector"):
         get_detector("nope", tmp_path)
+
+
+def test_library_uses_the_detector_a_user_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lookalike import Library
+    from lookalike.objects import pick_regions
+
+    pred = np.zeros((1, 5, 8), np.float32)  # one class
+    pred[0, :, 0] = [30, 34, 40, 30, 0.95]
+    monkeypatch.setenv("LOOKALIKE_DETECTOR", f"yolo:{constant_model(tmp_path / 'mine.onnx', pred)}")
+    with Library.open(tmp_path / "lib") as lib:
+        det = lib.detector()
+        assert isinstance(det, YoloDetector)
+        image = Image.new("RGB", (64, 64), "white")
+        assert pick_regions(image, det.detect)[0].box == (10, 19, 50, 49)  # detector boxes come first

@@ -139,3 +139,37 @@ def _save_small(source: Path, target: Path) -> None:
             img.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
     except Exception:  # noqa: BLE001 - the raw screenshot is still fine
         shutil.copy(source, target)
+
+
+def test_drawing_a_box_on_the_query_searches_with_that_region(live_server: str, browser, tmp_path: Path) -> None:
+    """Object-aware search (issue 17): a UKBench object pasted into a Flickr8k photo; drag over it."""
+    from ..conftest import FLICKR
+
+    scene = Image.open(sorted(FLICKR.rglob("*.jpg"))[5]).convert("RGB").resize((480, 360))
+    obj = Image.open(UKBENCH / "ukbench00008.jpg").convert("RGB")
+    w, h = obj.size
+    scene.paste(obj.crop((w // 5, h // 5, w * 4 // 5, h * 4 // 5)).resize((216, 162)), (240, 180))
+    path = tmp_path / "scene.jpg"
+    scene.save(path, quality=92)
+    page = browser.new_page(viewport={"width": 1100, "height": 760})
+    page.goto(live_server + "/?collection=uk")
+    page.wait_for_selector("#collection option[value='uk']", state="attached")
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("#results[data-state='done'] .hit")
+    page.wait_for_function("document.querySelector('#preview').naturalWidth > 0")
+    r = page.eval_on_selector("#preview", "e => { const b = e.getBoundingClientRect(); "
+                                          "return [b.left, b.top, b.width, b.height]; }")
+    sx, sy = r[2] / 480, r[3] / 360
+    with page.expect_response(lambda resp: "/api/search" in resp.url) as answer:
+        page.mouse.move(r[0] + 242 * sx, r[1] + 182 * sy)
+        page.mouse.down()
+        page.mouse.move(r[0] + 380 * sx, r[1] + 290 * sy, steps=4)
+        page.mouse.move(r[0] + 454 * sx, r[1] + 340 * sy, steps=4)
+        page.mouse.up()
+    body = answer.value.json()
+    x0, y0, x1, y1 = map(int, body["box"].split(","))
+    assert abs(x0 - 242) <= 4 and abs(y1 - 340) <= 4
+    assert page.is_visible("#box")
+    page.wait_for_function("document.querySelector('#results').dataset.state === 'done'")
+    assert int(result_names(page)[0][7:12]) // 4 == 2  # a view of the pasted object (ukbench00008-11)
+    page.close()

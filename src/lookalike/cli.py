@@ -191,9 +191,10 @@ def search(ctx: click.Context, query: str | None, k: int, collection: str, text:
                       expand=not no_expand, rotation_invariant=rotation_invariant, copies=copies,
                       objects=objects, box=box)
     if as_json:
-        _emit({"collection": collection, "query": query if query and query != "-" else
-               ({"id": image_id} if image_id is not None else {"text": text} if text else "stdin"),
-               "results": [h.to_dict() for h in hits]})
+        # results first: tools that read the first file names of the output get the hits, not the query
+        _emit({"collection": collection, "results": [h.to_dict() for h in hits],
+               "query": query if query and query != "-" else
+               ({"id": image_id} if image_id is not None else {"text": text} if text else "stdin")})
         return
     from rich.table import Table
 

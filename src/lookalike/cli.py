@@ -42,6 +42,25 @@ def _console() -> Any:
     return Console()
 
 
+def progress_bar(description: str, field: str) -> tuple[Any, Any]:
+    """A started rich progress bar (on stderr) with one task whose extra column shows `task.fields[field]`."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[" + field + "]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   transient=True)
+    task = bar.add_task(description, total=None, **{field: ""})
+    bar.start()
+    return bar, task
+
+
 collection_option = click.option("--collection", "-c", default=DEFAULT_COLLECTION, show_default=True,
                                  help="Collection to use.")
 json_option = click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
@@ -83,20 +102,7 @@ def index(ctx: click.Context, paths: tuple[Path, ...], collection: str, model: s
     progress_fn = refine_fn = None
     bar = None
     if show_progress:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                       transient=True)
-        task = bar.add_task("indexing", total=None, rate="")
-        bar.start()
+        bar, task = progress_bar("indexing", "rate")
 
         def progress_fn(done: int, total: int) -> None:
             speed = bar.tasks[0].speed

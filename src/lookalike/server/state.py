@@ -1,25 +1,28 @@
-"""What one running service holds besides the library: its settings, index jobs, metrics, readiness,
-and how records are shown in answers (with the URLs of their thumbnail and file)."""
+"""What one running service holds besides the library: its settings, jobs (index, dupes, train), metrics,
+readiness, and how records are shown in answers (with the URLs of their thumbnail and file)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
 from typing import Any
 
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
 from ..errors import NotPermitted
+from ..jobs_db import JobsDB
 from ..library import Library, Limits
 from ..store import CollectionInfo, ImageRecord
 from ..uploads import UPLOAD_PREFIX
 from .errors import ApiError
-from .jobs import Job, JobManager
+from .jobs import Job, JobManager, Progress
 from .metrics import Metrics
 from .settings import ServerSettings
 
 log = logging.getLogger("lookalike.server")
+KEEP_TASK_JOBS = 20  # finished dupes (and training) jobs the library keeps of each kind
+TRAIN_DETAIL = ("epoch", "epochs", "loss", "validation", "best")  # a training's progress fields its job shows
 
 
 class ServiceState:
@@ -29,8 +32,11 @@ class ServiceState:
         self.owns_library = owns_library
         self.limits = Limits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_upload_pixels)
         # shared by every process serving this library; a job keeps the roots it was accepted under
-        self.jobs = JobManager(self._run_job, path=library.home / "jobs.sqlite",
-                               context={"roots": list(settings.allowed_roots)})
+        table = JobsDB(library.home / "jobs.sqlite")
+        roots = {"roots": list(settings.allowed_roots)}
+        self.jobs = JobManager(self._run_job, db=table, context=roots)
+        self.dupes_jobs = JobManager(self._run_dupes, KEEP_TASK_JOBS, kind="dupes", immediate=True, db=table)
+        self.train_jobs = JobManager(self._run_train, KEEP_TASK_JOBS, kind="train", db=table, context=roots)
         self.metrics = Metrics(library.collections, self.jobs)
         self.ready = False
         self.ready_error: str | None = None
@@ -67,7 +73,38 @@ class ServiceState:
         data["image_url"] = base + "/file"
         return data
 
-    def _run_job(self, job: Job, progress: Callable[[int, int], None]) -> dict[str, Any]:
+    @property
+    def job_managers(self) -> tuple[JobManager, ...]:
+        return self.jobs, self.dupes_jobs, self.train_jobs
+
+    def start_jobs(self) -> None:
+        for manager in self.job_managers:
+            manager.start()
+
+    def shutdown_jobs(self, timeout: float) -> None:
+        """Cancel this process's jobs of every kind, waiting at most `timeout` seconds in all."""
+        deadline = time.monotonic() + timeout
+        for manager in self.job_managers:
+            manager.shutdown(max(0.0, deadline - time.monotonic()))
+
+    def _run_dupes(self, job: Job, progress: Progress) -> dict[str, Any]:
+        report = self.lib.dupes(job.collection, progress=lambda stage, done, total: progress(done, total, stage))
+        return report.to_dict()
+
+    def _run_train(self, job: Job, progress: Progress) -> dict[str, Any]:
+        opts = job.options
+
+        def step(event: dict[str, Any]) -> None:
+            progress(event["done"], event["total"], event["stage"], {k: event[k] for k in TRAIN_DETAIL if k in event})
+
+        params = {k: opts[k] for k in ("dim", "epochs", "loss", "views") if opts.get(k) is not None}
+        result = self.lib.train(opts["name"], job.collection, labels=opts.get("labels"),
+                                self_supervised=opts.get("self_supervised", False), force=opts.get("force", False),
+                                resume=opts.get("resume", False), progress=step, **params)
+        progress(1, 1, "done", {})
+        return result
+
+    def _run_job(self, job: Job, progress: Progress) -> dict[str, Any]:
         opts = job.options
         roots = opts.get("roots") or self.settings.allowed_roots
         if not roots:

@@ -2,56 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-import time
-import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from ...errors import LookalikeError
 from ...names import MAX_IMAGE_ID
 from ..errors import WRITE_ERRORS, ApiError, error_responses
 from ..params import CollectionName, JobId
-from ..state import ServiceState, require_key, service
+from ..state import KEEP_TASK_JOBS, ServiceState, require_key, service
 
 router = APIRouter(tags=["dupes"])
-KEEP_JOBS = 20  # finished dupes jobs kept in memory (their reports can be large)
-
-
-class DupesJob:
-    def __init__(self, collection: str) -> None:
-        self.id = uuid.uuid4().hex[:12]
-        self.collection = collection
-        self.state, self.stage, self.done, self.total = "running", "starting", 0, None
-        self.created, self.finished = time.time(), None
-        self.result: dict[str, Any] | None = None
-        self.error: dict[str, str] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "collection": self.collection, "state": self.state, "stage": self.stage,
-                "done": self.done, "total": self.total,
-                "progress": round(self.done / self.total, 4) if self.total else (1.0 if self.state == "done" else 0.0),
-                "created": self.created, "finished": self.finished, "result": self.result, "error": self.error}
-
-
-_jobs: dict[str, DupesJob] = {}
-_lock = threading.Lock()
-
-
-def _run(state: ServiceState, job: DupesJob) -> None:
-    def progress(stage: str, done: int, total: int) -> None:
-        job.stage, job.done, job.total = stage, done, total
-
-    try:
-        job.result = state.lib.dupes(job.collection, progress=progress).to_dict()
-        job.state = "done"
-    except LookalikeError as exc:
-        job.state, job.error = "failed", {"error": exc.code, "message": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - reported in the job, never lost in a thread
-        job.state, job.error = "failed", {"error": "internal", "message": f"{type(exc).__name__}: {exc}"}
-    job.finished = time.time()
 
 
 @router.post("/api/collections/{collection}/dupes", status_code=202,
@@ -59,23 +20,17 @@ def _run(state: ServiceState, job: DupesJob) -> None:
              responses=error_responses(404))
 def start_dupes(collection: CollectionName, state: ServiceState = Depends(service)) -> dict[str, Any]:
     state.lib.info(collection)  # 404 now for an unknown collection
-    job = DupesJob(collection)
-    with _lock:
-        finished = sorted((j for j in _jobs.values() if j.state != "running"), key=lambda j: j.created)
-        for old in finished[:max(0, len(finished) - KEEP_JOBS + 1)]:
-            _jobs.pop(old.id, None)
-        _jobs[job.id] = job
-    threading.Thread(target=_run, args=(state, job), name=f"dupes-{job.id}", daemon=True).start()
-    return {**job.to_dict(), "url": f"/api/dupes/{job.id}"}
+    job = state.dupes_jobs.submit(collection, [], {}, stage="starting")
+    return {**job.task_view(), "url": f"/api/dupes/{job.id}"}
 
 
 @router.get("/api/dupes/{job_id}", summary="A dupes job's state, progress and (when done) its groups",
             responses=error_responses(404))
-def get_dupes(job_id: JobId) -> dict[str, Any]:
-    job = _jobs.get(job_id)
+def get_dupes(job_id: JobId, state: ServiceState = Depends(service)) -> dict[str, Any]:
+    job = state.dupes_jobs.get(job_id)
     if job is None:
-        raise ApiError(404, "unknown-job", f"no dupes job '{job_id}' (jobs are kept in memory until restart)")
-    return job.to_dict()
+        raise ApiError(404, "unknown-job", f"no dupes job '{job_id}' (the library keeps the last {KEEP_TASK_JOBS})")
+    return job.task_view()
 
 
 class NotDuplicates(BaseModel):

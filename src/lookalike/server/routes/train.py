@@ -1,28 +1,23 @@
 """Training jobs (issue 16): `lookalike train` over HTTP, in the background, with progress.
 
 The labels file is a server-side path and is read only under an allowed root (like index jobs).
-Jobs are kept in memory; one training runs at a time per process (training uses every core)."""
+Jobs live in the library's shared job table (`jobs_db.py`), so every server process answers for them;
+one training runs at a time per library (training uses every core)."""
 
 from __future__ import annotations
 
-import threading
-import time
-import uuid
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from ...errors import LookalikeError, NotPermitted
+from ...errors import NotPermitted
 from ..errors import WRITE_ERRORS, ApiError, error_responses
+from ..jobs import Job
 from ..params import CollectionName, JobId
-from ..state import ServiceState, require_key, service
+from ..state import KEEP_TASK_JOBS, ServiceState, require_key, service
 
 router = APIRouter(tags=["train"])
-KEEP_JOBS = 20
-_jobs: dict[str, TrainJob] = {}
-_lock = threading.Lock()
-_one_at_a_time = threading.Lock()
 
 
 class TrainRequest(BaseModel):
@@ -39,45 +34,6 @@ class TrainRequest(BaseModel):
     views: int | None = Field(None, ge=1, le=64)
 
 
-class TrainJob:
-    def __init__(self, collection: str, request: TrainRequest) -> None:
-        self.id = uuid.uuid4().hex[:12]
-        self.collection, self.name = collection, request.name
-        self.state, self.stage, self.done, self.total = "queued", "queued", 0, None
-        self.info: dict[str, Any] = {}
-        self.created, self.finished = time.time(), None
-        self.result: dict[str, Any] | None = None
-        self.error: dict[str, str] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "collection": self.collection, "name": self.name, "state": self.state,
-                "stage": self.stage, "done": self.done, "total": self.total,
-                "progress": round(self.done / self.total, 4) if self.total else (1.0 if self.state == "done" else 0.0),
-                **self.info, "created": self.created, "finished": self.finished, "result": self.result,
-                "error": self.error}
-
-
-def _run(state: ServiceState, job: TrainJob, request: TrainRequest, labels: str | None) -> None:
-    def progress(event: dict[str, Any]) -> None:
-        job.stage, job.done, job.total = event["stage"], event["done"], event["total"]
-        job.info = {k: event[k] for k in ("epoch", "epochs", "loss", "validation", "best") if k in event}
-
-    with _one_at_a_time:
-        job.state = "running"
-        try:
-            params = {k: v for k, v in {"dim": request.dim, "epochs": request.epochs, "loss": request.loss,
-                                        "views": request.views}.items() if v is not None}
-            job.result = state.lib.train(request.name, job.collection, labels=labels,
-                                         self_supervised=request.self_supervised, force=request.force,
-                                         resume=request.resume, progress=progress, **params)
-            job.state, job.stage, job.done, job.total = "done", "done", 1, 1
-        except LookalikeError as exc:
-            job.state, job.error = "failed", {"error": exc.code, "message": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - reported in the job, never lost in a thread
-            job.state, job.error = "failed", {"error": "internal", "message": f"{type(exc).__name__}: {exc}"}
-    job.finished = time.time()
-
-
 @router.post("/api/collections/{collection}/train", status_code=202, dependencies=[Depends(require_key)],
              summary="Train a model on a collection's pictures in the background (poll its url)",
              responses=error_responses(*WRITE_ERRORS, 400, 404))
@@ -91,20 +47,19 @@ def start_train(collection: CollectionName, body: TrainRequest,
         if not state.settings.allowed_roots:
             raise NotPermitted("labels are read from server-side files only under allowed roots, and none are set")
         labels = state.lib.allowed_paths([body.labels], state.settings.allowed_roots)[0]
-    job = TrainJob(collection, body)
-    with _lock:
-        finished = sorted((j for j in _jobs.values() if j.state in ("done", "failed")), key=lambda j: j.created)
-        for old in finished[:max(0, len(finished) - KEEP_JOBS + 1)]:
-            _jobs.pop(old.id, None)
-        _jobs[job.id] = job
-    threading.Thread(target=_run, args=(state, job, body, labels), name=f"train-{job.id}", daemon=True).start()
-    return {**job.to_dict(), "url": f"/api/train/{job.id}"}
+    options = {"name": body.name, "labels": labels, **body.model_dump(exclude={"name", "labels"})}
+    job = state.train_jobs.submit(collection, [], options, stage="queued")
+    return {**_view(job), "url": f"/api/train/{job.id}"}
 
 
 @router.get("/api/train/{job_id}", summary="A training job's state, progress and (when done) its model card",
             responses=error_responses(404))
-def get_train(job_id: JobId) -> dict[str, Any]:
-    job = _jobs.get(job_id)
+def get_train(job_id: JobId, state: ServiceState = Depends(service)) -> dict[str, Any]:
+    job = state.train_jobs.get(job_id)
     if job is None:
-        raise ApiError(404, "unknown-job", f"no training job '{job_id}' (jobs are kept in memory until restart)")
-    return job.to_dict()
+        raise ApiError(404, "unknown-job", f"no training job '{job_id}' (the library keeps the last {KEEP_TASK_JOBS})")
+    return _view(job)
+
+
+def _view(job: Job) -> dict[str, Any]:
+    return {"name": job.options["name"], **job.task_view()}

@@ -119,17 +119,22 @@ def test_http_dupes_job_and_copies_search(lib_and_folder, copies) -> None:
     from lookalike.server.app import create_app
 
     lib, _ = lib_and_folder
-    with TestClient(create_app(lib)) as client:
+    # a second app over the same library, as another server worker is
+    with Library.open(lib.home) as other_lib, TestClient(create_app(lib)) as client, \
+            TestClient(create_app(other_lib)) as other:
         started = client.post("/api/collections/p/dupes")
         assert started.status_code == 202
         url = started.json()["url"]
         for _ in range(600):
-            job = client.get(url).json()
+            job = other.get(url).json()  # the job runs in the first app; the second answers for it
             if job["state"] != "running":
                 break
             time.sleep(0.2)
         assert job["state"] == "done", job
         assert job["result"]["groups"] and job["progress"] == 1.0
+        assert client.get(url).json() == job
+        assert job["result"]["groups"] == json.loads(json.dumps(lib.dupes("p").to_dict()))["groups"]
+        assert other.get("/api/dupes/0123456789ab").status_code == 404
         assert client.post("/api/collections/nope/dupes").status_code == 404
         copy, original = copies["scale"]
         r = client.post("/api/search?collection=p&copies=true", files={"file": ("q.jpg", copy.read_bytes())})

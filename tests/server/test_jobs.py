@@ -153,3 +153,29 @@ def test_jobs_of_each_kind_are_apart(tmp_path: Path) -> None:
     assert index.get(done.id) is None and index.list() == [] and dupes.get(done.id).report == {"kind": "dupes"}
     dupes.shutdown()
     index.shutdown()
+
+
+def test_a_jobs_table_from_before_other_kinds_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "jobs.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, collection TEXT NOT NULL, paths TEXT NOT NULL,
+            options TEXT NOT NULL, state TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0, total INTEGER,
+            created REAL NOT NULL, started REAL, finished REAL, report TEXT, error TEXT, submitter TEXT,
+            runner TEXT);
+        INSERT INTO jobs(id, collection, paths, options, state, created, started, runner)
+            VALUES ('was-running', 'c', '["/a"]', '{}', 'running', 1, 1, 'gone:1:x');
+        INSERT INTO jobs(id, collection, paths, options, state, created, submitter)
+            VALUES ('was-queued', 'c', '["/b"]', '{}', 'queued', 2, 'gone:1:x');
+    """)
+    old.close()
+    jobs = JobManager(lambda job, progress: {"paths": job.paths}, path=path)
+    jobs.start()
+    try:
+        wait(lambda: jobs.get("was-queued").state == "done")
+        assert jobs.get("was-queued").report == {"paths": ["/b"]}
+        assert jobs.get("was-running").state == "failed" and "stopped" in jobs.get("was-running").error
+    finally:
+        jobs.shutdown()

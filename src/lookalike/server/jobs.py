@@ -100,7 +100,7 @@ class JobManager:
         self._db = db or JobsDB(path)
         self.kind = kind
         self._immediate = immediate
-        self._keep = keep
+        self.keep = keep
         self._context = dict(context or {})
         self._poll = poll
         self._me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -127,7 +127,7 @@ class JobManager:
         row = {"id": job.id, "kind": self.kind, "collection": collection, "paths": paths, "options": job.options,
                "stage": stage, "created": job.created, "submitter": self._me}
         if self._immediate:
-            row, held = self._db.start(row, self._me, self._keep)
+            row, held = self._db.start(row, self._me, self.keep)
             job.state, job.started = "running", row["started"]
             with self._lock:
                 self._live[job.id] = job
@@ -137,7 +137,7 @@ class JobManager:
                 self._threads = [t for t in self._threads if t.is_alive()] + [thread]
             thread.start()
         else:
-            row = self._db.submit(row, self._keep)
+            row = self._db.submit(row, self.keep)
             if row["id"] != job.id:  # the same job is already queued: that one
                 return self._job(row)
             with self._lock:
@@ -153,7 +153,7 @@ class JobManager:
         return self._job(row) if row is not None and row["kind"] == self.kind else None
 
     def list(self) -> list[Job]:
-        return [self._job(row) for row in self._db.list(self._keep, self.kind)]
+        return [self._job(row) for row in self._db.list(self.keep, self.kind)]
 
     @property
     def queued(self) -> int:
@@ -178,7 +178,7 @@ class JobManager:
 
     def _trim(self) -> None:
         finished = [j for j in self._live.values() if j.finished is not None]
-        for job in sorted(finished, key=lambda j: j.created)[: max(0, len(self._live) - self._keep)]:
+        for job in sorted(finished, key=lambda j: j.created)[: max(0, len(self._live) - self.keep)]:
             del self._live[job.id]
 
     def _work(self) -> None:

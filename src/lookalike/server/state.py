@@ -120,6 +120,14 @@ class ServiceState:
         return data
 
 
+def find_job(jobs: JobManager, job_id: str, what: str) -> Job:
+    """The job `job_id` among `jobs` (of their kind), or 404 `unknown-job`."""
+    job = jobs.get(job_id)
+    if job is None:
+        raise ApiError(404, "unknown-job", f"no {what} job '{job_id}' (the library keeps the last {jobs.keep})")
+    return job
+
+
 def service(request: Request) -> ServiceState:
     """The running service, for route handlers (FastAPI dependency)."""
     return request.app.state.service

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from ...names import MAX_IMAGE_ID
-from ..errors import WRITE_ERRORS, ApiError, error_responses
+from ..errors import WRITE_ERRORS, error_responses
 from ..params import CollectionName, JobId
-from ..state import KEEP_TASK_JOBS, ServiceState, require_key, service
+from ..state import ServiceState, find_job, require_key, service
 
 router = APIRouter(tags=["dupes"])
 
@@ -27,10 +27,7 @@ def start_dupes(collection: CollectionName, state: ServiceState = Depends(servic
 @router.get("/api/dupes/{job_id}", summary="A dupes job's state, progress and (when done) its groups",
             responses=error_responses(404))
 def get_dupes(job_id: JobId, state: ServiceState = Depends(service)) -> dict[str, Any]:
-    job = state.dupes_jobs.get(job_id)
-    if job is None:
-        raise ApiError(404, "unknown-job", f"no dupes job '{job_id}' (the library keeps the last {KEEP_TASK_JOBS})")
-    return job.task_view()
+    return find_job(state.dupes_jobs, job_id, "dupes").task_view()
 
 
 class NotDuplicates(BaseModel):

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from ...names import MAX_SPEC
 from ..errors import WRITE_ERRORS, ApiError, error_responses
 from ..params import CollectionName, JobId
-from ..state import ServiceState, require_key, service
+from ..state import ServiceState, find_job, require_key, service
 
 router = APIRouter(tags=["jobs"])
 
@@ -52,7 +52,4 @@ def list_jobs(state: ServiceState = Depends(service)) -> dict[str, Any]:
 
 @router.get("/api/jobs/{job_id}", summary="An index job's state and progress", responses=error_responses(404))
 def get_job(job_id: JobId, state: ServiceState = Depends(service)) -> dict[str, Any]:
-    job = state.jobs.get(job_id)
-    if job is None:
-        raise ApiError(404, "unknown-job", f"no index job '{job_id}' (the library keeps the last 200 jobs)")
-    return job.to_dict()
+    return find_job(state.jobs, job_id, "index").to_dict()

@@ -15,7 +15,7 @@ from ...errors import NotPermitted
 from ..errors import WRITE_ERRORS, ApiError, error_responses
 from ..jobs import Job
 from ..params import CollectionName, JobId
-from ..state import KEEP_TASK_JOBS, ServiceState, require_key, service
+from ..state import ServiceState, find_job, require_key, service
 
 router = APIRouter(tags=["train"])
 
@@ -55,10 +55,7 @@ def start_train(collection: CollectionName, body: TrainRequest,
 @router.get("/api/train/{job_id}", summary="A training job's state, progress and (when done) its model card",
             responses=error_responses(404))
 def get_train(job_id: JobId, state: ServiceState = Depends(service)) -> dict[str, Any]:
-    job = state.train_jobs.get(job_id)
-    if job is None:
-        raise ApiError(404, "unknown-job", f"no training job '{job_id}' (the library keeps the last {KEEP_TASK_JOBS})")
-    return _view(job)
+    return _view(find_job(state.train_jobs, job_id, "training"))
 
 
 def _view(job: Job) -> dict[str, Any]:

@@ -318,6 +318,14 @@ def test_two_server_processes_share_one_job_list_and_never_run_a_job_twice(home:
         assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:], strict=False)), spans
         assert sum(j["report"]["added"] for j in jobs) == 12
         assert a.get("/api/collections/shared")[1]["count"] == 12
+        # a dupes job started in one process: the other answers for it, progress and result alike
+        code, started = a.post("/api/collections/shared/dupes", {})
+        assert code == 202, started
+        while (seen := b.get(started["url"])[1])["state"] == "running":
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.2)
+        assert seen["state"] == "done" and seen["progress"] == 1.0 and "groups" in seen["result"], seen
+        assert a.get(started["url"])[1] == seen
         listed_a, listed_b = a.get("/api/jobs")[1], b.get("/api/jobs")[1]
         assert [j["id"] for j in listed_a["jobs"]] == [j["id"] for j in listed_b["jobs"]]
         assert set(ids) <= {j["id"] for j in listed_a["jobs"]}

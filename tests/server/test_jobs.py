@@ -82,6 +82,25 @@ def test_shutdown_cancels_the_running_job_between_files_and_the_queued_ones() ->
     assert queued.state == "cancelled"
 
 
+def test_shutdown_stops_a_running_dupes_job_which_then_reads_failed() -> None:
+    started = threading.Event()
+
+    def runner(job, progress):
+        started.set()
+        for i in range(10_000):
+            progress(i, 10_000, "verifying")
+            time.sleep(0.001)
+        return {}
+
+    jobs = JobManager(runner, kind="dupes", immediate=True)
+    running = jobs.submit("c", [], {}, stage="starting")
+    assert running.state == "running"  # a dupes job is never queued
+    started.wait(5)
+    jobs.shutdown(timeout=5)
+    view = jobs.get(running.id).task_view()
+    assert view["state"] == "failed" and view["error"]["error"] == "shutting-down" and view["stage"] == "verifying"
+
+
 # another server process: runs one job of the kind given, which reports progress and then hangs
 HANGING_JOB = """
 import sys, time

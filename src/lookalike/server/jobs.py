@@ -62,11 +62,11 @@ class Job:
             "seconds": round(elapsed, 3), "report": self.report, "error": self.error,
         }
 
-    def task_view(self) -> dict[str, Any]:
-        """A dupes or training job as its route shows it: stage, `result`, and `error` as
-        `{"error": code, "message": ...}`; a job cancelled by a shutdown reads as failed."""
+    def task_view(self, **named: Any) -> dict[str, Any]:
+        """A dupes or training job as its route shows it (`named` after its collection): stage, `result`,
+        and `error` as `{"error": code, "message": ...}`; a job cancelled by a shutdown reads as failed."""
         failed = self.state in ("failed", "cancelled")
-        return {"id": self.id, "collection": self.collection, "state": "failed" if failed else self.state,
+        return {"id": self.id, "collection": self.collection, **named, "state": "failed" if failed else self.state,
                 "stage": self.stage, "done": self.done, "total": self.total, "progress": self.progress,
                 **self.detail, "created": self.created, "finished": self.finished, "result": self.report,
                 "error": {"error": self.error_code or "internal", "message": self.error or ""} if failed else None}

@@ -59,4 +59,4 @@ def get_train(job_id: JobId, state: ServiceState = Depends(service)) -> dict[str
 
 
 def _view(job: Job) -> dict[str, Any]:
-    return {"name": job.options["name"], **job.task_view()}
+    return job.task_view(name=job.options["name"])

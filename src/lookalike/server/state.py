@@ -36,7 +36,8 @@ class ServiceState:
         roots = {"roots": list(settings.allowed_roots)}
         self.jobs = JobManager(self._run_job, db=table, context=roots)
         self.dupes_jobs = JobManager(self._run_dupes, KEEP_TASK_JOBS, kind="dupes", immediate=True, db=table)
-        self.train_jobs = JobManager(self._run_train, KEEP_TASK_JOBS, kind="train", db=table, context=roots)
+        # a training job's labels path is checked against the allowed roots when it is asked for
+        self.train_jobs = JobManager(self._run_train, KEEP_TASK_JOBS, kind="train", db=table)
         self.metrics = Metrics(library.collections, self.jobs)
         self.ready = False
         self.ready_error: str | None = None

@@ -69,7 +69,8 @@ class EmbedderSpec:
 
 _embedders: dict[EmbedderSpec, Embedder] = {}
 _embedders_lock = threading.Lock()
-_builds = 0
+_builds = 0  # embedders this process has built, and engine tasks it has run (see `worker_stats`)
+_tasks = 0
 
 
 def worker_embedder(spec: EmbedderSpec) -> Embedder:
@@ -90,9 +91,10 @@ def worker_embedder(spec: EmbedderSpec) -> Embedder:
         return embedder
 
 
-def embedder_builds() -> int:
-    """How many embedders this process has built (run on workers by the tests: one each, not one a task)."""
-    return _builds
+def worker_stats() -> dict[str, int]:
+    """Embedders built and tasks run by this worker process (`client.run(worker_stats)`): one build however
+    many tasks."""
+    return {"builds": _builds, "tasks": _tasks, "pid": os.getpid()}
 
 
 def _worker_threads() -> int:
@@ -108,6 +110,8 @@ def embed_task(items: list[TodoItem], spec: EmbedderSpec, job: FileJob) -> tuple
     """What a worker runs for one chunk: the local pipeline's own per-file step and batched inference."""
     from .ingest import prepare_and_embed
 
+    global _tasks
+    _tasks += 1
     for name, value in ENGINE_ENV.items():  # a worker someone started by hand may lack them
         os.environ.setdefault(name, value)
     return prepare_and_embed(items, worker_embedder(spec), job)
@@ -238,4 +242,4 @@ def _one_by_one(client: Client, chunk: list[TodoItem], spec: EmbedderSpec, job: 
 
 
 __all__ = ["ENGINE_ENV", "LOCAL", "LOCAL_CLUSTER", "EmbedderSpec", "EngineError", "check_engine", "connect",
-           "embed_task", "embedder_builds", "run", "worker_embedder"]
+           "embed_task", "run", "worker_embedder", "worker_stats"]

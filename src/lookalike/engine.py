@@ -155,7 +155,11 @@ def connect(engine: str, settings: Settings) -> Iterator[tuple[Client, int]]:
                           "is `dask scheduler` running there?") from exc
     with client:
         if not client.nthreads():
-            client.wait_for_workers(1, timeout=60)
+            try:
+                client.wait_for_workers(1, timeout=60)
+            except Exception as exc:  # noqa: BLE001
+                raise EngineError(f"the Dask scheduler at {engine} has no workers (waited 60 s); start some with "
+                                  f"`dask worker {engine}`") from exc
         yield client, settings.intra_op_threads
 
 

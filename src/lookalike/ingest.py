@@ -5,6 +5,9 @@ model is never waiting on JPEG decoding. Rows are committed every `commit_every`
 one transaction: a killed run loses at most the uncommitted batch, and the next run skips what is
 already stored (same path, size and mtime), re-embeds what changed, and with `prune` forgets files
 that are gone.
+
+With a distributed engine (`engine.py`) the same `prepare_file` and `embed_batch` run on its workers
+(`prepare_and_embed`), while this process still walks, skips, and is the one `_Writer`.
 """
 
 from __future__ import annotations

@@ -168,3 +168,14 @@ def test_killed_engine_run_resumes_without_loss_or_duplicates(home: Path, tmp_pa
     ids, vecs = lib.store.all_vectors("many")
     _, found = lib.store.search("many", vecs, 1)
     assert (found[:, 0] == ids).all()
+
+
+def test_a_plain_tcp_scheduler_off_this_machine_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from lookalike.engine import warn_if_exposed
+
+    with caplog.at_level("WARNING", logger="lookalike"):
+        warn_if_exposed("tcp://127.0.0.1:8786")
+        warn_if_exposed("tls://10.0.0.5:8786")
+        assert caplog.records == []
+        warn_if_exposed("tcp://10.0.0.5:8786")
+    assert "unencrypted" in caplog.records[0].getMessage()

@@ -192,16 +192,19 @@ def run(engine: str, todo: list[TodoItem], embedder: Embedder, job: FileJob, wri
         spec = EmbedderSpec(embedder.name, str(model_dir or library_home() / "models"), threads)
         size = max(1, settings.batch_size)
         chunks = iter([todo[i:i + size] for i in range(0, len(todo), size)])
-        window = max(2, 2 * sum(client.nthreads().values()))  # keeps every worker busy, bounds memory
         queue: deque[tuple[list[TodoItem], Future]] = deque()
 
-        def submit_next() -> None:
-            chunk = next(chunks, None)
-            if chunk is not None:
+        def top_up() -> None:
+            """Two chunks in flight per worker thread (read again: workers may join or leave): every worker
+            busy, and the driver's memory bounded."""
+            window = max(2, 2 * sum(client.nthreads().values()))
+            while len(queue) < window:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    return
                 queue.append((chunk, client.submit(embed_task, chunk, spec, job, pure=False)))
 
-        for _ in range(window):
-            submit_next()
+        top_up()
         done, total = 0, len(todo)
         while queue:
             chunk, future = queue.popleft()
@@ -209,7 +212,7 @@ def run(engine: str, todo: list[TodoItem], embedder: Embedder, job: FileJob, wri
                 results, embed_seconds = future.result()
             except Exception as exc:  # noqa: BLE001 - a lost worker or a failing task: try file by file
                 results, embed_seconds = _one_by_one(client, chunk, spec, job, exc)
-            submit_next()
+            top_up()
             for result in results:
                 stages["read_decode"] += result.seconds
                 writer.take(result)

@@ -77,6 +77,17 @@ def cli(ctx: click.Context, home: str | None) -> None:
     ctx.obj["home"] = home
 
 
+def _check_engine(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A wrong --engine is a usage error (exit 2), found before any work starts."""
+    from .engine import check_engine
+    from .errors import EngineError
+
+    try:
+        return None if value is None else check_engine(value)
+    except EngineError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @collection_option
@@ -91,11 +102,14 @@ def cli(ctx: click.Context, home: str | None) -> None:
 @click.option("--regions", type=click.Choice(["objects"]), default=None,
               help="Also index each image's regions (detected objects and proposals): finds an object in a busy "
                    "picture; the collection keeps them up to date from then on.")
+@click.option("--engine", default=None, callback=_check_engine,
+              help="Where to read, decode and embed: local (default: this process), local-cluster (a Dask "
+                   "cluster on this machine), or a Dask scheduler address tcp://HOST:8786 (docs/distributed.md).")
 @json_option
 @click.pass_context
 def index(ctx: click.Context, paths: tuple[Path, ...], collection: str, model: str | None, prune: bool,
           group_id: str | None, tags: tuple[str, ...], index_spec: str, report_file: Path | None,
-          regions: str | None, as_json: bool) -> None:
+          regions: str | None, engine: str | None, as_json: bool) -> None:
     """Index image files and folders (re-runs are incremental)."""
     lib = _library(ctx)
     show_progress = not as_json and sys.stderr.isatty()
@@ -113,7 +127,7 @@ def index(ctx: click.Context, paths: tuple[Path, ...], collection: str, model: s
     try:
         report = lib.index(list(paths), collection, model=model, prune=prune, group_id=group_id,
                            tags=list(tags), index_spec=index_spec, progress=progress_fn,
-                           refine_progress=refine_fn, regions=regions)
+                           refine_progress=refine_fn, regions=regions, engine=engine)
     finally:
         if bar is not None:
             bar.stop()

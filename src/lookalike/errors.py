@@ -91,3 +91,9 @@ class DecodeError(LookalikeError):
 
 class StaleWrite(LookalikeError):
     """A derived write (e.g. refinement) was computed from a state another writer has since changed."""
+
+
+class EngineError(LookalikeError):
+    """A distributed engine (`index --engine`) is unknown, cannot be started or reached, or its workers fail."""
+
+    code = "engine-error"

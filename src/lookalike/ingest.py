@@ -5,6 +5,9 @@ model is never waiting on JPEG decoding. Rows are committed every `commit_every`
 one transaction: a killed run loses at most the uncommitted batch, and the next run skips what is
 already stored (same path, size and mtime), re-embeds what changed, and with `prune` forgets files
 that are gone.
+
+With a distributed engine (`engine.py`) the same `prepare_file` and `embed_batch` run on its workers
+(`prepare_and_embed`), while this process still walks, skips, and is the one `_Writer`.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ class IndexReport:
     seconds: float = 0.0
     count: int = 0
     report_path: str = ""
+    engine: str = "local"
+    # where the time went, seconds: walk, engine_start, write, refine are wall time in the driver;
+    # read_decode and embed are busy time summed over decode threads or engine workers
+    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def embedded(self) -> int:
@@ -77,12 +84,122 @@ class IndexReport:
         return data
 
 
+TodoItem = tuple[Path, int, float, "tuple[int, int, float, str] | None"]  # path, size, mtime, stored row
+
+
+@dataclass
+class FileJob:
+    """What preparing a file needs besides the file and the embedder: small and picklable, so the same
+    `prepare_file` runs in a local decode thread and on an engine worker."""
+
+    settings: Settings
+    group_id: str | None = None
+    tags: list[str] = field(default_factory=list)
+    allowed_roots: list[Path] | None = None
+
+
 @dataclass
 class _Prepared:
     record: ImageRecord
     prepared: Any = None
     error: Skipped | None = None
     same_content_id: int | None = None  # file touched but bytes unchanged: only the row is refreshed
+    vector: np.ndarray | None = None  # set by `embed_batch`
+    seconds: float = 0.0  # read + decode + preprocess time of this file
+
+    @property
+    def to_embed(self) -> bool:
+        return self.error is None and self.same_content_id is None
+
+
+def prepare_file(item: TodoItem, embedder: Embedder, job: FileJob) -> _Prepared:
+    """Read, hash, decode and preprocess one file; never raises (a bad file comes back as `error`)."""
+    started = time.perf_counter()
+    result = _prepare(item, embedder, job)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _prepare(item: TodoItem, embedder: Embedder, job: FileJob) -> _Prepared:
+    path, size, mtime, previous = item
+    settings, allowed_roots = job.settings, job.allowed_roots
+    record = ImageRecord(path=file_key(path), size=size, mtime=mtime, group_id=job.group_id, tags=list(job.tags))
+    try:
+        source = path
+        if allowed_roots is not None:  # again at read time: the path may have been swapped since the walk
+            source = path.resolve()
+            if not is_within(source, allowed_roots):
+                return _Prepared(record, error=Skipped(record.path, "outside-root", outside_detail(path, source)))
+        data, read_st = read_file(source, settings.max_file_bytes)
+        record.size, record.mtime = read_st.st_size, read_st.st_mtime  # what /file compares against
+        record.content_hash = hashlib.sha256(data).hexdigest()
+        if previous is not None and previous[3] == record.content_hash:
+            return _Prepared(record, same_content_id=previous[0])
+        image = decode(data, max_pixels=settings.max_pixels, draft_size=embedder.draft_size, suffix=path.suffix)
+        record.width, record.height = image.size
+        return _Prepared(record, embedder.prepare(image))
+    except DecodeError as exc:
+        return _Prepared(record, error=Skipped(record.path, exc.reason, exc.detail))
+    except Exception as exc:  # noqa: BLE001 - one odd file must never stop the batch
+        return _Prepared(record, error=Skipped(record.path, "error", f"{type(exc).__name__}: {exc}"))
+
+
+def embed_batch(embedder: Embedder, batch: list[_Prepared]) -> float:
+    """Batched inference over prepared files (sets each `vector`, drops the prepared input); returns seconds."""
+    if not batch:
+        return 0.0
+    started = time.perf_counter()
+    vectors = embedder.embed_prepared([p.prepared for p in batch])
+    for p, vector in zip(batch, vectors, strict=True):
+        p.vector, p.prepared = vector, None
+    return time.perf_counter() - started
+
+
+def prepare_and_embed(items: list[TodoItem], embedder: Embedder, job: FileJob) -> tuple[list[_Prepared], float]:
+    """One engine task: `prepare_file` on each file, then one `embed_batch` over those to embed."""
+    results = [prepare_file(item, embedder, job) for item in items]
+    return results, embed_batch(embedder, [r for r in results if r.to_embed])
+
+
+class _Writer:
+    """The one writer: takes finished files in order, refreshes or queues rows, commits every `commit_every`
+    images in one transaction, so a killed run loses at most the uncommitted batch."""
+
+    def __init__(self, store: Store, collection: str, known: dict[str, Any], report: IndexReport,
+                 commit_every: int) -> None:
+        self.store, self.collection, self.known, self.report = store, collection, known, report
+        self.commit_every = commit_every
+        self.records: list[ImageRecord] = []
+        self.vectors: list[np.ndarray] = []
+        self.seconds = 0.0
+
+    def take(self, item: _Prepared) -> None:
+        if item.error is not None:
+            self.report.skipped.append(item.error)
+            return
+        started = time.perf_counter()
+        if item.same_content_id is not None:
+            _refresh_row(self.store, self.collection, item)
+            self.report.unchanged += 1
+        else:
+            assert item.vector is not None
+            if item.record.path in self.known:
+                self.report.updated += 1
+            else:
+                self.report.added += 1
+            self.records.append(item.record)
+            self.vectors.append(item.vector)
+        self.seconds += time.perf_counter() - started
+        if len(self.records) >= self.commit_every:
+            self.commit()
+
+    def commit(self) -> None:
+        if not self.records:
+            return
+        started = time.perf_counter()
+        self.store.upsert(self.collection, self.records, np.stack(self.vectors))
+        self.records, self.vectors = [], []
+        self.seconds += time.perf_counter() - started
 
 
 def ensure_collection(store: Store, name: str, embedder: Embedder, index_spec: str = "auto",
@@ -131,20 +248,27 @@ def index_paths(
     report_dir: Path | None = None,
     refine_progress: ProgressFn | None = None,
     allowed_roots: list[Path] | None = None,
+    engine: str = "local",
+    model_dir: Path | None = None,
 ) -> IndexReport:
     """Index `roots`. With `allowed_roots` (resolved folders), every walked file must resolve inside one
-    of them (symlinks are followed only where they stay inside); the others are skipped as `outside-root`."""
+    of them (symlinks are followed only where they stay inside); the others are skipped as `outside-root`.
+
+    `engine`: "local" (decode threads and batched inference in this process), or a distributed engine
+    (`engine.py`: "local-cluster" or a Dask scheduler address) whose workers run the same `prepare_file`
+    and `embed_batch` and build their embedder from `model_dir`; either way this process walks, skips
+    what is stored, and is the one writer."""
     settings = settings or Settings()
     roots = [Path(r).expanduser() for r in roots]
     started = time.perf_counter()
     ensure_collection(store, collection, embedder, index_spec, settings)
-    report = IndexReport(collection=collection, model=embedder.name)
+    report = IndexReport(collection=collection, model=embedder.name, engine=engine)
 
     def on_walk_error(path: Path, reason: str, detail: str) -> None:
         report.skipped.append(Skipped(str(path), reason, detail))
 
     known = store.known_files(collection)
-    todo: list[tuple[Path, os.stat_result, tuple[int, int, float, str] | None]] = []
+    todo: list[TodoItem] = []
     seen: set[str] = set()
     for path in walk_images(roots, on_walk_error, within=allowed_roots):
         key = file_key(path)
@@ -161,69 +285,57 @@ def index_paths(
         if previous is not None and previous[1] == st.st_size and previous[2] == st.st_mtime:
             report.unchanged += 1
             continue
-        todo.append((path, st, previous))
+        todo.append((path, st.st_size, st.st_mtime, previous))
+    report.stages["walk"] = time.perf_counter() - started
 
-    def prepare(item: tuple[Path, os.stat_result, tuple[int, int, float, str] | None]) -> _Prepared:
-        path, st, previous = item
-        record = ImageRecord(path=file_key(path), size=st.st_size, mtime=st.st_mtime,
-                             group_id=group_id, tags=list(tags or []))
-        try:
-            source = path
-            if allowed_roots is not None:  # again at read time: the path may have been swapped since the walk
-                source = path.resolve()
-                if not is_within(source, allowed_roots):
-                    return _Prepared(record, error=Skipped(record.path, "outside-root",
-                                                           outside_detail(path, source)))
-            data, read_st = read_file(source, settings.max_file_bytes)
-            record.size, record.mtime = read_st.st_size, read_st.st_mtime  # what /file compares against
-            record.content_hash = hashlib.sha256(data).hexdigest()
-            if previous is not None and previous[3] == record.content_hash:
-                return _Prepared(record, same_content_id=previous[0])
-            image = decode(data, max_pixels=settings.max_pixels, draft_size=embedder.draft_size,
-                           suffix=path.suffix)
-            record.width, record.height = image.size
-            return _Prepared(record, embedder.prepare(image))
-        except DecodeError as exc:
-            return _Prepared(record, error=Skipped(record.path, exc.reason, exc.detail))
-        except Exception as exc:  # noqa: BLE001 - one odd file must never stop the batch
-            return _Prepared(record, error=Skipped(record.path, "error", f"{type(exc).__name__}: {exc}"))
-
-    pending_records: list[ImageRecord] = []
-    pending_vectors: list[np.ndarray] = []
-    batch: list[_Prepared] = []
-    done = 0
-    total = len(todo)
+    job = FileJob(settings, group_id, list(tags or []), allowed_roots)
+    writer = _Writer(store, collection, known, report, settings.commit_every)
     if progress:
-        progress(0, total)
+        progress(0, len(todo))
+    if engine == "local":
+        _run_local(todo, embedder, job, writer, progress)
+    else:
+        from . import engine as engines
 
-    def commit() -> None:
-        if not pending_records:
-            return
-        store.upsert(collection, pending_records, np.concatenate(pending_vectors))
-        pending_records.clear()
-        pending_vectors.clear()
+        engines.run(engine, todo, embedder, job, writer, progress, model_dir=model_dir)
+    report.stages["write"] = writer.seconds
+
+    if prune:
+        report.removed = prune_missing(store, collection, roots)
+    # also picks up rows a killed run committed but never refined
+    refine_started = time.perf_counter()
+    refine.refresh(store, collection, progress=refine_progress)
+    store.flush()
+    report.stages["refine"] = time.perf_counter() - refine_started
+    report.seconds = time.perf_counter() - started
+    report.count = store.count(collection)
+    report.stages = {k: round(v, 3) for k, v in report.stages.items()}
+    if report_dir is not None:
+        report.report_path = str(write_report(report, report_dir))
+    return report
+
+
+def _run_local(todo: list[TodoItem], embedder: Embedder, job: FileJob, writer: _Writer,
+               progress: ProgressFn | None) -> None:
+    """Decode threads run `prepare_file` ahead while this thread runs `embed_batch` and writes, in order."""
+    settings, stages = job.settings, writer.report.stages
+    stages.setdefault("read_decode", 0.0)
+    stages.setdefault("embed", 0.0)
+    batch: list[_Prepared] = []
+    done, total = 0, len(todo)
 
     def run_batch() -> None:
-        if not batch:
-            return
-        vectors = embedder.embed_prepared([p.prepared for p in batch])
+        stages["embed"] += embed_batch(embedder, batch)
         for p in batch:
-            if p.record.path in known:
-                report.updated += 1
-            else:
-                report.added += 1
-        pending_records.extend(p.record for p in batch)
-        pending_vectors.append(vectors)
+            writer.take(p)
         batch.clear()
-        if len(pending_records) >= settings.commit_every:
-            commit()
 
     window = max(settings.batch_size * 2, settings.workers() * 4)
     with ThreadPoolExecutor(max_workers=settings.workers(), thread_name_prefix="decode") as pool:
         queue: deque[Future[_Prepared]] = deque()
         items = iter(todo)
         for item in items:
-            queue.append(pool.submit(prepare, item))
+            queue.append(pool.submit(prepare_file, item, embedder, job))
             if len(queue) >= window:
                 break
         try:
@@ -231,35 +343,22 @@ def index_paths(
                 result = queue.popleft().result()
                 nxt = next(items, None)
                 if nxt is not None:
-                    queue.append(pool.submit(prepare, nxt))
-                if result.error is not None:
-                    report.skipped.append(result.error)
-                elif result.same_content_id is not None:
-                    _refresh_row(store, collection, result)
-                    report.unchanged += 1
-                else:
+                    queue.append(pool.submit(prepare_file, nxt, embedder, job))
+                stages["read_decode"] += result.seconds
+                if result.to_embed:
                     batch.append(result)
                     if len(batch) >= settings.batch_size:
                         run_batch()
+                else:
+                    writer.take(result)
                 done += 1
                 if progress:
                     progress(done, total)
             run_batch()
-            commit()
+            writer.commit()
         finally:
             for fut in queue:
                 fut.cancel()
-
-    if prune:
-        report.removed = prune_missing(store, collection, roots)
-    # also picks up rows a killed run committed but never refined
-    refine.refresh(store, collection, progress=refine_progress)
-    store.flush()
-    report.seconds = time.perf_counter() - started
-    report.count = store.count(collection)
-    if report_dir is not None:
-        report.report_path = str(write_report(report, report_dir))
-    return report
 
 
 def _refresh_row(store: Store, collection: str, item: _Prepared) -> None:
@@ -299,4 +398,5 @@ def embed_file(embedder: Embedder, path: Path, settings: Settings) -> np.ndarray
     return embedder.embed_images([image])[0]
 
 
-__all__ = ["IndexReport", "LookalikeError", "Skipped", "check_model", "ensure_collection", "index_paths"]
+__all__ = ["FileJob", "IndexReport", "LookalikeError", "Skipped", "check_model", "embed_batch", "ensure_collection",
+           "index_paths", "prepare_and_embed", "prepare_file"]

@@ -207,7 +207,8 @@ class Library:
               tags: list[str] | None = None, index_spec: str = "auto",
               progress: ProgressFn | None = None, refine_progress: ProgressFn | None = None,
               allowed_roots: list[str | os.PathLike[str]] | None = None, exclusive: bool = True,
-              regions: str | None = None, regions_progress: ProgressFn | None = None) -> IndexReport:
+              regions: str | None = None, regions_progress: ProgressFn | None = None,
+              engine: str | None = None) -> IndexReport:
         """Index files and folders; re-running skips unchanged files (see `ingest`). `progress` follows
         the files, `refine_progress` the refinement pass that ends the run (rows done, rows to do).
 
@@ -217,7 +218,12 @@ class Library:
         server's jobs take (`jobs_db.py`), so one run at a time per collection across processes; a second
         one raises Busy (the job runner, which holds the lock already, passes False).
         `regions="objects"`: also index each image's regions (objects.py); a collection indexed so keeps
-        its regions up to date on every later write."""
+        its regions up to date on every later write.
+        `engine` (default: the `engine` setting, "local"): "local-cluster" or a Dask scheduler address runs
+        read, decode and embed on that engine's workers, this process still the one writer (engine.py)."""
+        from .engine import check_engine
+
+        engine = check_engine(engine or self.settings.engine)
         roots_given = self.settings.allowed_roots if allowed_roots is None else allowed_roots
         within = resolve_roots(roots_given) if roots_given else None
         if within is not None:
@@ -241,7 +247,8 @@ class Library:
             report = index_paths(self.store, embedder, [Path(p) for p in paths], collection,
                                  settings=self.settings, prune=prune, group_id=group_id, tags=tags,
                                  index_spec=index_spec, progress=progress, report_dir=self.home / "reports",
-                                 refine_progress=refine_progress, allowed_roots=within)
+                                 refine_progress=refine_progress, allowed_roots=within, engine=engine,
+                                 model_dir=self.model_dir)
             self._sync_regions(collection, create=regions is not None, progress=regions_progress)
             return report
         finally:

@@ -113,7 +113,8 @@ class ServiceState:
         report = self.lib.index(job.paths, job.collection, model=opts.get("model"), prune=opts.get("prune", False),
                                 group_id=opts.get("group_id"), tags=opts.get("tags") or [],
                                 index_spec=opts.get("index_spec", "auto"), progress=progress,
-                                allowed_roots=roots, exclusive=False)  # the claim holds the collection's lock
+                                allowed_roots=roots, exclusive=False,  # the claim holds the collection's lock
+                                engine="local")  # server jobs stay in-process whatever the `engine` setting
         data = report.to_dict()
         skipped = data.pop("skipped")
         data["skipped"] = skipped[:50]

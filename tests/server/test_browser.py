@@ -185,6 +185,24 @@ def test_drawing_a_box_on_the_query_searches_with_that_region(live_server: str, 
     assert page.is_visible("#box")
     page.wait_for_function("document.querySelector('#results').dataset.state === 'done'")
     assert int(result_names(page)[0][7:12]) // 4 == 2  # a view of the pasted object (ukbench00008-11)
+
+    # "more like this" shows the result's 256-pixel thumbnail: a box drawn on it is sent in the pixels
+    # of the indexed picture itself (UKBench photos are 288x216)
+    page.click("#results .hit:first-child")
+    page.wait_for_function("document.querySelector('#preview').src.includes('/thumbnail') && "
+                           "document.querySelector('#preview').complete && "
+                           "document.querySelector('#results').dataset.state === 'done'")
+    assert page.evaluate("document.querySelector('#preview').naturalWidth") == 256
+    r = page.eval_on_selector("#preview", "e => { const b = e.getBoundingClientRect(); "
+                                          "return [b.left, b.top, b.width, b.height]; }")
+    with page.expect_response(lambda resp: "/api/search" in resp.url) as answer:
+        page.mouse.move(r[0] + r[2] * 0.25, r[1] + r[3] * 0.25)
+        page.mouse.down()
+        page.mouse.move(r[0] + r[2] * 0.75, r[1] + r[3] * 0.75, steps=4)
+        page.mouse.up()
+    body = answer.value.json()
+    x0, y0, x1, y1 = map(int, body["box"].split(","))
+    assert abs(x0 - 72) <= 3 and abs(x1 - 216) <= 3 and abs(y0 - 54) <= 3 and abs(y1 - 162) <= 3, body["box"]
     page.close()
 
 

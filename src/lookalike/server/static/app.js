@@ -143,17 +143,19 @@ function imageOptions() {
 }
 
 // A new query picture: its box, regions and size belong to the old one.
-function newQuery(picture = null) {
+function newQuery(regionSource = null) {
   state.query++;
   state.box = null;
   state.region = null;
   state.regions = null;
-  state.picture = picture;
+  state.picture = null;
+  state.regionSource = regionSource;
   drawRegions();
   showBox(null);
 }
 
-// Boxes are in the query picture's own pixels; the preview may be smaller (or a thumbnail).
+// Boxes are in the query picture's own pixels. An uploaded file is shown as it is; an indexed image as its
+// thumbnail, so its size comes from the server (with its regions).
 function pictureSize() {
   const img = $("#preview");
   return state.picture || [img.naturalWidth, img.naturalHeight];
@@ -205,8 +207,9 @@ function drawRegions() {
   }
 }
 
-async function loadRegions(source) {
+async function loadRegions(source = state.regionSource) {
   const query = state.query;
+  if (!source) return;
   try {
     const data = await api("/api/regions", source());
     if (query !== state.query) return;  // the user moved on meanwhile
@@ -265,7 +268,14 @@ function wireBoxDrawing() {
     start = null;
     const [pw, ph] = pictureSize();
     const big = (box[2] - box[0]) * img.clientWidth / pw >= 8 && (box[3] - box[1]) * img.clientHeight / ph >= 8;
-    if (big) chooseBox(box);
+    if (big && !state.picture && state.lastFile === null) {  // drawn on a thumbnail: to the picture's pixels
+      const natural = [img.naturalWidth, img.naturalHeight];
+      loadRegions().then(() => {
+        if (!state.picture) return;
+        const s = [state.picture[0] / natural[0], state.picture[1] / natural[1]];
+        chooseBox(box.map((v, i) => Math.min(Math.round(v * s[i % 2]), state.picture[i % 2])));
+      });
+    } else if (big) chooseBox(box);
     else if (downOn) pickRegion(downOn);
     else chooseBox(null);  // a click on the bare picture goes back to the whole picture
   });
@@ -281,18 +291,18 @@ function wireBoxDrawing() {
 function searchFile(file) {
   if (!file) return;
   if (file.type && !file.type.startsWith("image/")) { setStatus(`${file.name} is not an image`, true); return; }
-  if (state.lastFile !== file) {
-    newQuery();
-    state.lastFile = file;
-    showPreview(URL.createObjectURL(file));
-  }
   const form = () => {
     const body = new FormData();
     body.append("file", file);
     body.append("collection", $("#collection").value);
     return body;
   };
-  if ($("#objects").checked && !state.regions) loadRegions(() => ({ method: "POST", body: form() }));
+  if (state.lastFile !== file) {
+    newQuery(() => ({ method: "POST", body: form() }));
+    state.lastFile = file;
+    showPreview(URL.createObjectURL(file));
+  }
+  if ($("#objects").checked && !state.regions) loadRegions();
   const body = form();
   const { k } = common();
   body.append("k", String(k));
@@ -306,16 +316,14 @@ function searchFile(file) {
 
 function searchById(hit, fresh = true) {
   if (fresh) {
-    newQuery(hit.width && hit.height ? [hit.width, hit.height] : null);
+    const collection = $("#collection").value;
+    newQuery(() => ({ method: "POST", headers: { "Content-Type": "application/json" },
+                      body: JSON.stringify({ id: hit.id, collection }) }));
     state.lastFile = null;
     showPreview(hit.thumbnail_url);
     window.scrollTo({ top: 0, behavior: "smooth" });
   }
-  const collection = $("#collection").value;
-  if ($("#objects").checked && !state.regions) {
-    loadRegions(() => ({ method: "POST", headers: { "Content-Type": "application/json" },
-                         body: JSON.stringify({ id: hit.id, collection }) }));
-  }
+  if ($("#objects").checked && !state.regions) loadRegions();
   state.last = null; // ids belong to one collection: changing it does not re-run this search
   state.again = () => searchById(hit, false);
   return runSearch(JSON.stringify({ ...common(), ...imageOptions(), id: hit.id }),

@@ -11,6 +11,7 @@ async function api(path, options) {
   if (!response.ok) {
     const err = new Error(body.message || `${response.status} ${response.statusText}`);
     err.status = response.status;
+    err.code = body.error;
     throw err;
   }
   return body;
@@ -25,7 +26,7 @@ async function write(path, body) {
     try {
       return await api(path, { method: "POST", headers, body: JSON.stringify(body) });
     } catch (err) {
-      if (attempt > 0 || (err.status !== 401 && err.status !== 403)) throw err;
+      if (attempt > 0 || !["unauthorized", "forbidden"].includes(err.code)) throw err;  // not about the key
       const given = window.prompt(`${err.message}\nThis server's API key:`);
       if (!given) throw err;
       sessionStorage.setItem(KEY_STORE, given);
@@ -150,6 +151,7 @@ function newQuery(regionSource = null) {
   state.regions = null;
   state.picture = null;
   state.regionSource = regionSource;
+  state.regionsLoading = null;
   drawRegions();
   showBox(null);
 }
@@ -207,9 +209,13 @@ function drawRegions() {
   }
 }
 
-async function loadRegions(source = state.regionSource) {
+function loadRegions() {  // one request per query picture, shared by whoever waits for it
+  if (!state.regionsLoading && state.regionSource) state.regionsLoading = fetchRegions(state.regionSource);
+  return state.regionsLoading || Promise.resolve();
+}
+
+async function fetchRegions(source) {
   const query = state.query;
-  if (!source) return;
   try {
     const data = await api("/api/regions", source());
     if (query !== state.query) return;  // the user moved on meanwhile
@@ -221,7 +227,9 @@ async function loadRegions(source = state.regionSource) {
     drawRegions();
     showBox(state.box);
   } catch (err) {
-    if (query === state.query) setStatus(`cannot find objects: ${err.message}`, true);
+    if (query !== state.query) return;
+    state.regionsLoading = null;  // the next search may try again
+    setStatus(`cannot find objects: ${err.message}`, true);
   }
 }
 

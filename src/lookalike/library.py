@@ -39,13 +39,14 @@ from .errors import (
     FileChanged,
     LookalikeError,
     NotFound,
+    NotPermitted,
     UnknownCollection,
     UnknownImage,
 )
 from .ingest import IndexReport as IndexReport
 from .ingest import ProgressFn, check_model, collection_settings, ensure_collection, file_key, index_paths
 from .names import valid_image_id
-from .roots import resolve_roots, resolve_within
+from .roots import is_within, resolve_roots, resolve_within
 from .search import Hit, nearest
 from .store import CollectionInfo, Filter, ImageRecord, Store, open_store
 from .uploads import UploadStore, is_upload, upload_path
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from .dupes.groups import CopyHit
     from .dupes.groups import ProgressFn as DupesProgress
     from .dupes.verify import PairVerdict
+    from .objects import QueryRegions
 
 Query = str | os.PathLike[str] | bytes | Image.Image | int
 THUMBNAIL_CACHE = 2048  # thumbnails kept in memory (about 20 KB each)
@@ -700,6 +702,35 @@ class Library:
                 self.index(result.restored, collection=result.collection)
         return result
 
+    def dupes_keep(self, collection: str, ids: list[int], keep: int, *, apply: bool = False,
+                   allowed_roots: list[str | os.PathLike[str]] | None = None) -> Plan:
+        """One reviewed group (the web page's "keep"): picture `keep` stays, the others among `ids` go to
+        the library's trash, undoable with the manifest. A dry run (the plan) unless `apply`.
+        `allowed_roots` (a server's): when given, files are acted on only inside those folders."""
+        from .dupes import DupesReport, Group
+
+        wanted = list(dict.fromkeys(ids))
+        if len(wanted) < 2:
+            raise LookalikeError("a group needs two or more images", code="bad-request")
+        if keep not in wanted:
+            raise LookalikeError(f"the kept image {keep} is not one of the group's ids", code="bad-request")
+        records = [self.get_image(collection, i) for i in wanted]  # UnknownImage for a stranger
+        plan = self.dupes_plan(DupesReport(collection, groups=[Group(records, [])]), keep=f"id:{keep}",
+                               mode="delete")
+        if not apply:
+            return plan
+        if allowed_roots is not None:
+            roots = resolve_roots(allowed_roots)
+            if not roots:
+                raise NotPermitted("moving files from the server is off: list the folders it may change in "
+                                   "LOOKALIKE_ALLOWED_ROOTS (or use `lookalike dupes` on the machine)",
+                                   code="files-disabled")
+            outside = [a.path for a in plan.actions if not is_within(Path(a.path).resolve(), roots)]
+            if outside:
+                raise NotPermitted(f"'{outside[0]}' is outside the folders this server may change: "
+                                   + ", ".join(str(r) for r in roots), code="outside-allowed-roots")
+        return self.dupes_apply(plan, collection)
+
     def not_duplicates(self, targets: list[Query], collection: str = DEFAULT_COLLECTION) -> int:
         """Remember that these pictures (paths, or ids in `collection`) are not copies of each other:
         no later `dupes` groups them. Returns the number of new pairs."""
@@ -779,13 +810,14 @@ class Library:
                     self._embedders[key] = get_detector("proposals", self.model_dir)
             return self._embedders[key]
 
-    def regions(self, query: Query, *, collection: str | None = None, limits: Limits | None = None) -> list[Any]:
-        """The regions `search(objects=True)` searches with (detect.Region: box, score, label, source)."""
-        from .objects import pick_regions
+    def regions(self, query: Query, *, collection: str | None = None, limits: Limits | None = None) -> QueryRegions:
+        """The regions `search(objects=True)` searches with (detect.Region: box, score, label, source), with
+        the size of the picture their boxes are in (what a client needs to draw them over its preview)."""
+        from .objects import QueryRegions, pick_regions
 
         embedder = self.collection_embedder(collection) if collection else self.embedder()
         picture = self._region_picture(query, collection, embedder, limits)
-        return pick_regions(picture, self._detect_fn())
+        return QueryRegions(picture.width, picture.height, pick_regions(picture, self._detect_fn()))
 
     def _detect_fn(self) -> Any:
         detector = self.detector()

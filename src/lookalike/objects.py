@@ -117,6 +117,18 @@ def pick_regions(image: Image.Image, detect: Callable[[Image.Image], list[Region
 
 
 @dataclass
+class QueryRegions:
+    """The regions of a query picture and the picture's size (their boxes are in its pixels)."""
+
+    width: int
+    height: int
+    regions: list[Region]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"width": self.width, "height": self.height, "regions": [r.to_dict() for r in self.regions]}
+
+
+@dataclass
 class Match:
     """One image's best match over a query's regions (and, where indexed, the image's regions)."""
 

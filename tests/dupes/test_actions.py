@@ -36,8 +36,10 @@ def test_keep_policies(tmp_path: Path, copies) -> None:
     assert choose_keeper(g, "largest").id == 2  # bigger file
     assert choose_keeper(g, "oldest").id == 2
     assert choose_keeper(g, "path:*copy_*").id == 2
-    with pytest.raises(LookalikeError):
-        choose_keeper(g, "prettiest")
+    assert choose_keeper(g, "id:2").id == 2 and choose_keeper(g, "id:1").id == 1  # a reviewer's choice
+    for bad in ("prettiest", "id:", "id:two"):
+        with pytest.raises(LookalikeError):
+            choose_keeper(g, bad)
 
 
 def test_jpeg_quality_estimate(tmp_path: Path, copies) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageOps
 
 pytest.importorskip("fastapi", reason="the server extra (fastapi) is not installed")
 pytest.importorskip("httpx", reason="httpx (FastAPI's TestClient) is not installed")
@@ -111,3 +112,19 @@ def wait_http_ready(base: str, alive: Callable[[], None] = lambda: None, timeout
         alive()
         assert time.monotonic() < deadline, "server did not get ready"
         time.sleep(0.1)
+
+
+def folder_with_copies(folder: Path) -> dict[str, tuple[str, str]]:
+    """UKBench photos 0-7 (two objects, four different photos of each: look-alikes, not copies) and two
+    edited copies; returns copy name -> (its original's name, how it was edited)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    originals = ukbench_images(8)
+    for path in originals:
+        shutil.copy(path, folder)
+    edits = {"copy_of_0.jpg": (originals[0], "cropped and scaled",
+                               lambda im: im.crop((20, 15, im.width - 25, im.height - 20)).resize((200, 150))),
+             "copy_of_4.jpg": (originals[4], "mirrored, grey and smaller",
+                               lambda im: ImageOps.grayscale(ImageOps.mirror(im)).resize((240, 180)))}
+    for name, (original, _, edit) in edits.items():
+        edit(Image.open(original).convert("RGB")).save(folder / name, quality=70)
+    return {name: (original.name, how) for name, (original, how, _) in edits.items()}

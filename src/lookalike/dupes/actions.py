@@ -7,13 +7,13 @@
 
 Keep policies: `best` (most pixels, then the higher estimated JPEG quality, then the sharper, then the
 larger file), `largest` (file size), `oldest` (modification time), `path:PATTERN` (a path matching the
-glob PATTERN wins; ties by `best`). Modes: `move` (to a folder, keeping the names; clashes get a
-suffix), `delete` (into the library's trash, `<home>/trash/<run>/`, so undo can restore; empty it
-when you are sure), `symlink` (the copy moves to a folder and a symbolic link to the kept picture
-takes its place, so nothing that refers to the path breaks). A file whose size or modification time
-differs from the catalogue, or whose bytes no longer match its content hash, is skipped with a
-message; so is a group whose kept picture is missing. A target folder inside the library home is
-refused.
+glob PATTERN wins; ties by `best`), `id:N` (the image with id N: a reviewer's choice). Modes: `move`
+(to a folder, keeping the names; clashes get a suffix), `delete` (into the library's trash,
+`<home>/trash/<run>/`, so undo can restore; empty it when you are sure), `symlink` (the copy moves to a
+folder and a symbolic link to the kept picture takes its place, so nothing that refers to the path
+breaks). A file whose size or modification time differs from the catalogue, or whose bytes no longer
+match its content hash, is skipped with a message; so is a group whose kept picture is missing. A target
+folder inside the library home is refused.
 """
 
 from __future__ import annotations
@@ -126,6 +126,9 @@ def keep_key(policy: str) -> Callable[[ImageRecord], tuple[Any, ...]]:
         pattern = policy[5:]
         return lambda r: (fnmatch.fnmatch(r.path, pattern) or fnmatch.fnmatch(os.path.basename(r.path), pattern),
                           *_best_key(r))
+    if policy.startswith("id:") and policy[3:].isdigit():  # the picture a reviewer chose (the web page)
+        chosen = int(policy[3:])
+        return lambda r: (r.id == chosen,)
     raise LookalikeError(f"unknown keep policy '{policy}': use best, largest, oldest or path:PATTERN",
                          code="bad-keep")
 

@@ -84,8 +84,15 @@ class DupesReport:
     seconds: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"collection": self.collection, "groups": [g.to_dict() for g in self.groups],
+    def to_dict(self, keep: str | None = None) -> dict[str, Any]:
+        """As JSON; with a keep policy (`best`, ...), each group also names the image it would keep."""
+        groups = [g.to_dict() for g in self.groups]
+        if keep is not None:
+            from .actions import choose_keeper
+
+            for group, out in zip(self.groups, groups, strict=True):
+                out["keep"] = choose_keeper(group, keep).id
+        return {"collection": self.collection, "groups": groups,
                 "stats": {"images": self.images, "groups": len(self.groups),
                           "images_in_groups": sum(len(g.images) for g in self.groups),
                           "exact_pairs": self.exact_pairs, "candidate_pairs": self.candidate_pairs,

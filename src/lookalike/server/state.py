@@ -90,7 +90,7 @@ class ServiceState:
 
     def _run_dupes(self, job: Job, progress: Progress) -> dict[str, Any]:
         report = self.lib.dupes(job.collection, progress=lambda stage, done, total: progress(done, total, stage))
-        return report.to_dict()
+        return report.to_dict(keep="best")
 
     def _run_train(self, job: Job, progress: Progress) -> dict[str, Any]:
         opts = job.options

@@ -42,3 +42,20 @@ def not_duplicates(collection: CollectionName, body: NotDuplicates,
                    state: ServiceState = Depends(service)) -> dict[str, Any]:
     return {"collection": collection, "ids": body.ids,
             "new_pairs": state.lib.not_duplicates(list(body.ids), collection)}
+
+
+class KeepOne(BaseModel):
+    ids: list[Annotated[int, Field(ge=1, le=MAX_IMAGE_ID)]] = Field(min_length=2, max_length=100,
+                                                                    description="the group's images' ids")
+    keep: int = Field(ge=1, le=MAX_IMAGE_ID, description="the one to keep (one of `ids`)")
+    apply: bool = Field(False, description="false: the plan only (nothing changes); true: do it")
+
+
+@router.post("/api/collections/{collection}/dupes/keep", dependencies=[Depends(require_key)],
+             summary="Keep one picture of a group of copies; the others go to the library's trash (undoable). "
+                     "A dry run unless `apply`; applying needs the files inside the server's allowed roots",
+             responses=error_responses(*WRITE_ERRORS, 400, 404))
+def keep_one(collection: CollectionName, body: KeepOne, state: ServiceState = Depends(service)) -> dict[str, Any]:
+    plan = state.lib.dupes_keep(collection, list(body.ids), body.keep, apply=body.apply,
+                                allowed_roots=list(state.settings.allowed_roots))
+    return {"collection": collection, **plan.to_dict()}

@@ -208,6 +208,40 @@ router.add_api_route("/api/search", search, methods=["POST"], openapi_extra=sear
 router.add_api_route("/search", search, methods=["POST"], include_in_schema=False)
 
 
+async def regions(request: Request) -> JSONResponse:
+    """The regions an `objects=true` search would search with, for a client to draw them (the web page)."""
+    state: ServiceState = service(request)
+    params, image = await _request_params(request, state.settings.max_upload_bytes)
+    image_id = int_param(params, "id", None, 1, MAX_IMAGE_ID)
+    if (image is None) == (image_id is None):
+        raise ApiError(400, "no-query" if image is None else "ambiguous-query",
+                       "give exactly one picture: an image (`file` upload, image body or image_base64) or an "
+                       "indexed image `id` (with its `collection`)")
+    collection = str(params.get("collection") or DEFAULT_COLLECTION)
+    query = image if image is not None else image_id
+    found = await run_in_threadpool(state.lib.regions, query, collection=collection, limits=state.limits)
+    return JSONResponse({"collection": collection, **found.to_dict()})
+
+
+router.add_api_route("/api/regions", regions, methods=["POST"], responses=error_responses(400, 404, 409, 413, 415, 503),
+                     summary="The objects and regions found in a picture (what `objects=true` searches with): "
+                             "boxes in its pixels, with its width and height",
+                     openapi_extra={
+                         "parameters": [
+                             {"name": "collection", "in": "query", "required": False,
+                              "schema": {**NAME, "default": DEFAULT_COLLECTION},
+                              "description": "the collection whose model (and ids) to use"},
+                             {"name": "id", "in": "query", "required": False, "schema": ID,
+                              "description": "an indexed image (instead of an upload)"}],
+                         "requestBody": {"required": False, "content": {
+                             "multipart/form-data": {"schema": {"type": "object", "properties": {
+                                 "file": {"type": "string", "format": "binary"}, "collection": NAME}}},
+                             "application/json": {"schema": {"type": "object", "properties": {
+                                 "image_base64": {"type": "string", "contentEncoding": "base64"}, "id": ID,
+                                 "collection": NAME}}},
+                             "image/*": {"schema": {"type": "string", "format": "binary"}}}}})
+
+
 @router.post("/api/compare", summary="Similarity of two images in [0, 1] with a verdict",
              responses=error_responses(400, 404, 409, 413, 415, 503))
 def compare(request: Request, a: UploadFile | None = File(None, description="first image"),

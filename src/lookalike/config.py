@@ -47,6 +47,8 @@ class Settings:
     allowed_roots: list[str] = field(default_factory=list)
     decode_memory_mb: int = 0  # pixel memory concurrent decodes may hold at once (0: 1/8 of RAM, 256-1024 MiB)
     decode_wait: float = 5.0  # seconds a search/upload waits for decode memory before answering "busy"
+    # where vectors and catalogue live: "embedded" (Faiss + SQLite here) or "milvus:<uri>" (store/__init__.py)
+    store: str = "embedded"
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod

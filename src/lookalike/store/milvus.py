@@ -167,6 +167,7 @@ class MilvusStore(Store):
             raise LookalikeError(f"can't open Milvus at {uri}: {exc.message or exc}; check the URI "
                                  "(and LOOKALIKE_MILVUS_TOKEN)", code="store-unavailable") from None
         self._meta_ready = False
+        self._loaded: set[str] = set()
 
     # -- the collections table ----------------------------------------------------------------
     def _ensure_meta(self) -> None:
@@ -182,7 +183,18 @@ class MilvusStore(Store):
             index = self.client.prepare_index_params()
             index.add_index("dummy", index_type="FLAT", metric_type="L2")
             self.client.create_collection(META, schema=schema, index_params=index, consistency_level="Strong")
+        self._load(META)
         self._meta_ready = True
+
+    def _load(self, target: str) -> None:
+        """Load a Milvus collection once per process: Milvus Lite reopens a database with every collection
+        released, and a server may have released it."""
+        if target in self._loaded:
+            return
+        state = self.client.get_load_state(target).get("state")
+        if getattr(state, "name", str(state)) != "Loaded":
+            self.client.load_collection(target)
+        self._loaded.add(target)
 
     def _all_meta(self) -> dict[str, dict[str, Any]]:
         self._ensure_meta()
@@ -196,7 +208,9 @@ class MilvusStore(Store):
 
     def _meta(self, name: str) -> dict[str, Any]:
         info = self._find_meta(name)
-        if info is None:
+        if info is not None:
+            self._load(milvus_name(name))
+        else:
             names = sorted(self._all_meta())
             hint = f" (known: {', '.join(names)})" if names else " (the library is empty)"
             raise UnknownCollection(
@@ -228,7 +242,10 @@ class MilvusStore(Store):
             target = milvus_name(name)
             if self.client.has_collection(target):  # left by a create killed before its meta row
                 self.client.drop_collection(target)
-            vector_type = DataType.BINARY_VECTOR if metric == "hamming" else DataType.FLOAT_VECTOR
+            # Milvus Lite has no binary vectors: it keeps a code's bits as 0/1 floats, where squared L2 is
+            # the Hamming distance
+            bits_as_floats = metric == "hamming" and self.lite
+            vector_type = DataType.BINARY_VECTOR if metric == "hamming" and not bits_as_floats else DataType.FLOAT_VECTOR
             schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.INT64, is_primary=True)
             schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH)
@@ -248,12 +265,14 @@ class MilvusStore(Store):
             schema.add_field("search", vector_type, dim=dim)
             index = self.client.prepare_index_params()
             flat, metric_type = ("BIN_FLAT", "HAMMING") if metric == "hamming" else ("FLAT", "IP")
+            if bits_as_floats:
+                flat, index_type, metric_type = "FLAT", "FLAT", "L2"
             index.add_index("vector", index_type=flat, metric_type=metric_type)
             index.add_index("search", index_type=index_type, metric_type=metric_type, params=params)
             self.client.create_collection(target, schema=schema, index_params=index, consistency_level="Strong")
             self._put_meta(name, {"model": model, "dim": int(dim), "metric": metric, "index_spec": index_spec,
                                   "created": created or time.time(), "generation": 0, "next_id": 1,
-                                  "settings": settings or {}})
+                                  "settings": settings or {}, "bits_as_floats": bits_as_floats})
         return self.collection(name)
 
     def _check_supported(self, index_type: str) -> None:
@@ -268,6 +287,7 @@ class MilvusStore(Store):
             target = milvus_name(name)
             if self.client.has_collection(target):
                 self.client.drop_collection(target)
+            self._loaded.discard(target)
             self.client.delete(META, ids=[name])
             self._written.discard(name)
 
@@ -421,6 +441,8 @@ class MilvusStore(Store):
             width = info["dim"] // 8
             if not rows:
                 return np.zeros((0, width), np.uint8)
+            if info.get("bits_as_floats"):
+                return np.packbits(np.asarray([r[field] for r in rows], dtype=np.float32) > 0.5, axis=1)
             return np.stack([np.frombuffer(_binary(r[field]), dtype=np.uint8) for r in rows])
         if not rows:
             return np.zeros((0, info["dim"]), np.float32)
@@ -470,6 +492,8 @@ class MilvusStore(Store):
                 f"({info['model']}, {info['dim']}-d); use the collection's model or a new collection")
         if not hamming and not np.all(np.isfinite(arr)):
             raise LookalikeError("refusing to store vectors with NaN or infinite values")
+        if hamming and info.get("bits_as_floats"):
+            return [v.tolist() for v in np.unpackbits(arr, axis=1).astype(np.float32)]
         return [v.tobytes() for v in arr] if hamming else [v.tolist() for v in arr]
 
     def _write(self, collection: str, rows: list[dict[str, Any]], *, partial: bool) -> None:
@@ -661,11 +685,15 @@ class MilvusStore(Store):
             expr = _ids_expr(allowed)
         described = self._describe(collection)
         index_type, params = described
-        metric_type = "HAMMING" if hamming else "IP"
+        as_floats = bool(info.get("bits_as_floats"))
+        metric_type = ("L2" if as_floats else "HAMMING") if hamming else "IP"
         limit = min(k, 16384)
         for start in range(0, len(q), SEARCH_CHUNK):
             chunk = q[start:start + SEARCH_CHUNK]
-            data = [row.tobytes() for row in chunk] if hamming else chunk.tolist()
+            if as_floats:
+                data = np.unpackbits(chunk, axis=1).astype(np.float32).tolist()
+            else:
+                data = [row.tobytes() for row in chunk] if hamming else chunk.tolist()
             hits = self.client.search(milvus_name(collection), data=data, anns_field="search", limit=limit,
                                       filter=expr, output_fields=[],
                                       search_params={"metric_type": metric_type,
@@ -693,7 +721,7 @@ class MilvusStore(Store):
             written, self._written = sorted(self._written), set()
             for name in written:
                 info = self._find_meta(name)
-                if info is None:
+                if info is None or info["metric"] == "hamming":  # binary codes: always exact
                     continue
                 want, params = milvus_index(info["index_spec"], self.count(name), exact_below=self.exact_below,
                                             metric=info["metric"])
@@ -715,6 +743,7 @@ class MilvusStore(Store):
         index.add_index("search", index_type=index_type, metric_type="IP", params=params)
         self.client.create_index(target, index)
         self.client.load_collection(target)
+        self._loaded.add(target)
 
     def close(self) -> None:
         try:

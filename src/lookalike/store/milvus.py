@@ -245,7 +245,8 @@ class MilvusStore(Store):
             # Milvus Lite has no binary vectors: it keeps a code's bits as 0/1 floats, where squared L2 is
             # the Hamming distance
             bits_as_floats = metric == "hamming" and self.lite
-            vector_type = DataType.BINARY_VECTOR if metric == "hamming" and not bits_as_floats else DataType.FLOAT_VECTOR
+            binary = metric == "hamming" and not bits_as_floats
+            vector_type = DataType.BINARY_VECTOR if binary else DataType.FLOAT_VECTOR
             schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.INT64, is_primary=True)
             schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH)
@@ -298,7 +299,7 @@ class MilvusStore(Store):
         with self._lock:
             info = self._meta(name)
             count = self.count(name)
-            augmented = count - len(self.pending(name)) if count else 0
+            augmented = count - self._count(name, "pending == true") if count else 0
             width = info["dim"] // 8 if info["metric"] == "hamming" else info["dim"] * 4
             index_type = self._index_type(name)
             return CollectionInfo(
@@ -357,7 +358,10 @@ class MilvusStore(Store):
 
     def count(self, collection: str) -> int:
         self._meta(collection)
-        rows = self.client.query(milvus_name(collection), filter="", output_fields=["count(*)"])
+        return self._count(collection, "")
+
+    def _count(self, collection: str, expr: str) -> int:
+        rows = self.client.query(milvus_name(collection), filter=expr, output_fields=["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0
 
     def known_files(self, collection: str) -> dict[str, tuple[int, int, float, str]]:

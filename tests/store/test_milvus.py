@@ -35,9 +35,11 @@ def records(n: int, prefix: str = "/img") -> list[ImageRecord]:
     return [ImageRecord(path=f"{prefix}/{i}.jpg", size=i, mtime=float(i)) for i in range(n)]
 
 
-def cli(home: Path, *args: str, **kwargs: object) -> subprocess.Popen[str]:
+def cli(home: Path, *args: str, store: str | None = None, **kwargs: object) -> subprocess.Popen[str]:
     env = {**os.environ, "LOOKALIKE_HOME": str(home), "PYTHONPATH": SRC}
     env.pop("LOOKALIKE_STORE", None)
+    if store:
+        env["LOOKALIKE_STORE"] = store
     return subprocess.Popen([sys.executable, "-m", "lookalike.cli", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
 
@@ -79,6 +81,27 @@ def test_a_second_process_gets_one_clear_line(lite: MilvusStore) -> None:
     assert proc.returncode == 1
     lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "open in another process" in lines[0] and "one process per database" in lines[0]
+
+
+def test_the_store_is_chosen_by_flag_environment_or_file_and_closing_frees_lite(tmp_path: Path) -> None:
+    db = f"milvus:{tmp_path}/pick.db"
+    store = open_store(tmp_path, db)
+    store.create_collection("picked", "m", 16)
+    store.close()  # releases Milvus Lite's lock: other processes may open the database now
+    home = tmp_path / "home"
+
+    def names(*args: str, store: str | None = None) -> list[str]:
+        out, err = cli(home, *args, "collections", "list", "--json", store=store).communicate(timeout=120)
+        assert not err.strip().startswith("error"), err
+        return [c["name"] for c in json.loads(out)["collections"]]
+    assert names(store=db) == ["picked"]
+    assert names("--store", "embedded", store=db) == []  # the flag wins over the environment
+    home.mkdir(exist_ok=True)
+    (home / "lookalike.toml").write_text(f'store = "{db}"\n')
+    assert names() == ["picked"]
+    proc = cli(home, "--store", "nosuch:x", "info")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.strip().splitlines()[-1].startswith("error: unknown store 'nosuch:x'")
 
 
 def _source(home: Path, rows: int) -> list[int]:

@@ -158,6 +158,9 @@ class MilvusStore(Store):
             self.uri = uri
         try:
             self.client = MilvusClient(uri=uri, token=token or "")
+            if self.lite:
+                with _LITE_LOCK:
+                    _LITE_USERS[uri] = _LITE_USERS.get(uri, 0) + 1
         except MilvusException as exc:
             if self.lite and _lite_locked(Path(uri)):
                 raise LookalikeError(
@@ -167,6 +170,7 @@ class MilvusStore(Store):
             raise LookalikeError(f"can't open Milvus at {uri}: {exc.message or exc}; check the URI "
                                  "(and LOOKALIKE_MILVUS_TOKEN)", code="store-unavailable") from None
         self._meta_ready = False
+        self._closed = False
         self._loaded: set[str] = set()
 
     # -- the collections table ----------------------------------------------------------------
@@ -750,10 +754,15 @@ class MilvusStore(Store):
         self._loaded.add(target)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.flush()
         finally:
             self.client.close()
+            if self.lite:
+                _release_lite(self.uri)
 
 
 def _to_record(row: dict[str, Any]) -> ImageRecord:
@@ -774,6 +783,25 @@ def _same_vector(stored: Any, new: Any) -> bool:
     if isinstance(new, bytes):
         return _binary(stored) == new
     return bool(np.array_equal(np.asarray(stored, dtype=np.float32), np.asarray(new, dtype=np.float32)))
+
+
+_LITE_LOCK = threading.Lock()
+_LITE_USERS: dict[str, int] = {}  # Lite database path -> stores of this process that have it open
+
+
+def _release_lite(path: str) -> None:
+    """Stop this process's Milvus Lite server for `path` once no store here uses it, so that its lock
+    goes and another process may open the database (pymilvus' close leaves it running until exit)."""
+    with _LITE_LOCK:
+        _LITE_USERS[path] = _LITE_USERS.get(path, 1) - 1
+        if _LITE_USERS[path] > 0:
+            return
+        del _LITE_USERS[path]
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return
+    server_manager_instance.release_server(path)
 
 
 def _lite_locked(path: Path) -> bool:

@@ -15,6 +15,7 @@ allows only one process per database anyway.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -145,6 +146,10 @@ class MilvusStore(Store):
     def __init__(self, uri: str, *, token: str | None = None, exact_below: int = 50_000) -> None:
         from pymilvus import MilvusClient, MilvusException
 
+        # pymilvus and milvus_lite log every refused call (and routine warnings) to stderr themselves; the
+        # store reports each failure once, as a LookalikeError line
+        for name in ("pymilvus", "pymilvus.milvus_client", "milvus_lite"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         self.uri = uri
         self.lite = is_lite_uri(uri)
         self.exact_below = exact_below
@@ -157,7 +162,7 @@ class MilvusStore(Store):
             uri = str(path)
             self.uri = uri
         try:
-            self.client = MilvusClient(uri=uri, token=token or "")
+            self.client = _Client(MilvusClient(uri=uri, token=token or ""), uri)
             if self.lite:
                 with _LITE_LOCK:
                     _LITE_USERS[uri] = _LITE_USERS.get(uri, 0) + 1
@@ -783,6 +788,30 @@ def _same_vector(stored: Any, new: Any) -> bool:
     if isinstance(new, bytes):
         return _binary(stored) == new
     return bool(np.array_equal(np.asarray(stored, dtype=np.float32), np.asarray(new, dtype=np.float32)))
+
+
+class _Client:
+    """The MilvusClient with its errors as one LookalikeError line each (what failed, where), as the CLI
+    and the server report every user-facing error."""
+
+    def __init__(self, client: Any, uri: str) -> None:
+        self._client = client
+        self._uri = uri
+
+    def __getattr__(self, name: str) -> Any:
+        from pymilvus import MilvusException
+
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except MilvusException as exc:
+                raise LookalikeError(f"Milvus at {self._uri} refused {name}: {exc.message or exc}; check the "
+                                     "server (docs/stores.md)", code="store-error") from None
+        return call
 
 
 _LITE_LOCK = threading.Lock()

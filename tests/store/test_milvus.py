@@ -53,7 +53,7 @@ def lite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusStore]:
     store.close()
 
 
-def test_index_types_follow_the_spec_and_the_size(lite: MilvusStore) -> None:
+def test_index_types_follow_the_spec_and_the_size(lite: MilvusStore, monkeypatch: pytest.MonkeyPatch) -> None:
     lite.create_collection("sq8", "m", 16, index_spec="IVF16,SQ8")
     assert lite.collection("sq8").index_type.startswith("Milvus Lite IVF_SQ8")
     lite.create_collection("hnsw", "m", 16, index_spec="HNSW16")
@@ -72,6 +72,11 @@ def test_index_types_follow_the_spec_and_the_size(lite: MilvusStore) -> None:
     assert "IVF_FLAT" in lite.collection("grows").index_type
     _, found = lite.search("grows", vecs[:50], 1)
     assert np.mean(found[:, 0] == np.asarray(ids[:50])) >= 0.9
+    rebuilt: list[object] = []
+    monkeypatch.setattr(lite, "reindex", lambda *args: rebuilt.append(args))
+    lite.upsert("grows", records(1, "/one-more"), clustered(1, seed=3))
+    lite.flush()
+    assert rebuilt == []  # a small write keeps the inverted file
 
 
 def test_a_second_process_gets_one_clear_line(lite: MilvusStore) -> None:

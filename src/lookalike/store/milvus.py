@@ -282,7 +282,8 @@ class MilvusStore(Store):
             self.client.create_collection(target, schema=schema, index_params=index, consistency_level="Strong")
             self._put_meta(name, {"model": model, "dim": int(dim), "metric": metric, "index_spec": index_spec,
                                   "created": created or time.time(), "generation": 0, "next_id": 1,
-                                  "settings": settings or {}, "bits_as_floats": bits_as_floats})
+                                  "settings": settings or {}, "bits_as_floats": bits_as_floats,
+                                  "index": {"type": index_type, "params": params}})
         return self.collection(name)
 
     def _check_supported(self, index_type: str) -> None:
@@ -318,13 +319,9 @@ class MilvusStore(Store):
                 size_bytes=(count + augmented) * width, settings=info["settings"])
 
     def _index_type(self, name: str) -> str:
-        try:
-            described = self.client.describe_index(milvus_name(name), "search")
-        except Exception:  # noqa: BLE001 - no index (yet): report what a search would use
-            return "FLAT"
-        params = {k: v for k, v in described.items() if k in ("nlist", "M", "m")}
-        extra = ",".join(f"{k}={v}" for k, v in params.items())
-        return described.get("index_type", "FLAT") + (f"({extra})" if extra else "")
+        index_type, params = self._describe(name)
+        extra = ",".join(f"{k}={v}" for k, v in params.items() if k in ("nlist", "M", "m"))
+        return index_type + (f"({extra})" if extra else "")
 
     def collection_settings(self, name: str) -> tuple[str, dict[str, Any]]:
         info = self._meta(name)
@@ -696,8 +693,8 @@ class MilvusStore(Store):
             if not allowed:
                 return scores, ids
             expr = _ids_expr(allowed)
-        described = self._describe(collection)
-        index_type, params = described
+        index = info.get("index") or {"type": "FLAT", "params": {}}
+        index_type, params = str(index["type"]), dict(index["params"])
         as_floats = bool(info.get("bits_as_floats"))
         metric_type = ("L2" if as_floats else "HAMMING") if hamming else "IP"
         limit = min(k, 16384)
@@ -719,12 +716,10 @@ class MilvusStore(Store):
         return scores, ids
 
     def _describe(self, collection: str) -> tuple[str, dict[str, Any]]:
-        try:
-            described = self.client.describe_index(milvus_name(collection), "search")
-        except Exception:  # noqa: BLE001
-            return "FLAT", {}
-        params = described.get("params") if isinstance(described.get("params"), dict) else described
-        return str(described.get("index_type", "FLAT")), dict(params)
+        """(type, build params) of the `search` index, as recorded when it was built (Milvus' describe_index
+        leaves the params out)."""
+        index = (self._find_meta(collection) or {}).get("index") or {"type": "FLAT", "params": {}}
+        return str(index["type"]), dict(index["params"])
 
     # -- the index type follows the collection's size ----------------------------------------
     def flush(self) -> None:
@@ -739,10 +734,8 @@ class MilvusStore(Store):
                 want, params = milvus_index(info["index_spec"], self.count(name), exact_below=self.exact_below,
                                             metric=info["metric"])
                 have, have_params = self._describe(name)
-                if want == have and (want != "IVF_FLAT" or info["index_spec"] != "auto"
-                                     or int(have_params.get("nlist", 0)) == params["nlist"]):
-                    continue
-                if want == have and want.startswith("IVF") and int(have_params.get("nlist", 0)) * 4 > params["nlist"]:
+                if want == have and (not want.startswith("IVF") or re.match(r"IVF\d+", info["index_spec"])
+                                     or int(have_params.get("nlist", 0)) * 4 > params["nlist"]):
                     continue  # an inverted file keeps its lists until the collection has grown 4x
                 self.reindex(name, want, params)
 
@@ -757,6 +750,9 @@ class MilvusStore(Store):
         self.client.create_index(target, index)
         self.client.load_collection(target)
         self._loaded.add(target)
+        info = self._meta(name)
+        info["index"] = {"type": index_type, "params": params}
+        self._put_meta(name, info)
 
     def close(self) -> None:
         if self._closed:

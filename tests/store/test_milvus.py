@@ -79,6 +79,7 @@ def test_index_types_follow_the_spec_and_the_size(lite: MilvusStore, monkeypatch
     assert rebuilt == []  # a small write keeps the inverted file
 
 
+@pytest.mark.slow
 def test_a_second_process_gets_one_clear_line(lite: MilvusStore) -> None:
     lite.create_collection("held", "m", 16)
     proc = cli(Path(lite.uri).parent, "--store", f"milvus:{lite.uri}", "info", "--json")
@@ -88,6 +89,7 @@ def test_a_second_process_gets_one_clear_line(lite: MilvusStore) -> None:
     assert len(lines) == 1 and "open in another process" in lines[0] and "one process per database" in lines[0]
 
 
+@pytest.mark.slow
 def test_the_store_is_chosen_by_flag_environment_or_file_and_closing_frees_lite(tmp_path: Path) -> None:
     db = f"milvus:{tmp_path}/pick.db"
     store = open_store(tmp_path, db)
@@ -133,6 +135,7 @@ def _same(a: Store, b: Store, name: str) -> None:
     assert np.array_equal(a.search(name, queries, 4)[1], b.search(name, queries, 4)[1])
 
 
+@pytest.mark.slow
 def test_migrate_killed_midway_resumes_and_verifies(tmp_path: Path) -> None:
     home = tmp_path / "home"
     _source(home, 600)
@@ -197,6 +200,7 @@ def photo_libraries(tmp_path_factory: pytest.TempPathFactory, model_cache: Path)
         lib.close()
 
 
+@pytest.mark.slow
 def test_search_on_real_photos_is_the_same_on_both_stores(photo_libraries: tuple[Library, Library]) -> None:
     embedded, milvus = photo_libraries
     info = milvus.info("uk")

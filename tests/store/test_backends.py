@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from lookalike.store import Filter, ImageRecord, Store, open_store
 
 BACKENDS = ["embedded", "milvus-lite"] + (["milvus-server"] if os.environ.get("LOOKALIKE_TEST_MILVUS_URI") else [])
 _names = itertools.count()
+RUN = uuid.uuid4().hex[:6]  # a server outlives a run: collection names of this run can't clash with a killed one's
 
 
 def store_uri(backend: str, folder: Path) -> str:
@@ -43,7 +45,7 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture
 def coll(store: Store) -> Iterator[str]:
     """A new 16-d cosine collection, dropped afterwards (a server outlives the test)."""
-    name = f"t{next(_names)}-x_y"
+    name = f"t{RUN}{next(_names)}-x_y"
     store.create_collection(name, "m", 16)
     yield name
     with contextlib.suppress(UnknownCollection):
@@ -220,7 +222,7 @@ def test_import_rows_keeps_ids_and_refinement(store: Store, coll: str) -> None:
 
 
 def test_hamming_collection(store: Store) -> None:
-    name = f"h{next(_names)}"
+    name = f"h{RUN}{next(_names)}"
     store.create_collection(name, "phash", 64, metric="hamming")
     codes = np.random.default_rng(1).integers(0, 256, size=(20, 8), dtype=np.uint8)
     ids = store.upsert(name, records(20), codes)
@@ -239,7 +241,7 @@ def test_refinement_gives_the_same_vectors_and_results_on_every_backend(tmp_path
     results = {}
     for backend in BACKENDS:
         s = open_store(tmp_path / backend, store_uri(backend, tmp_path / backend))
-        name = f"r{next(_names)}"
+        name = f"r{RUN}{next(_names)}"
         s.create_collection(name, "m", 16, settings=refine.RefineParams().to_settings())
         ids = s.upsert(name, records(120), vecs)
         refine.refresh(s, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ def _library(ctx: click.Context) -> Any:
     from .library import Library
 
     if "library" not in ctx.obj:
-        ctx.obj["library"] = Library.open(ctx.obj.get("home"))
+        ctx.obj["library"] = Library.open(ctx.obj.get("home"), store=ctx.obj.get("store"))
         ctx.call_on_close(ctx.obj["library"].close)
     return ctx.obj["library"]
 
@@ -69,12 +70,16 @@ json_option = click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", envvar="LOOKALIKE_HOME", type=click.Path(file_okay=False),
               help="Library directory (default: $LOOKALIKE_HOME or the user's data dir).")
+@click.option("--store", "store", default=None, metavar="URI",
+              help="Where vectors live: embedded (default), milvus:PATH.db (Milvus Lite) or "
+                   "milvus:http://HOST:19530 (default: $LOOKALIKE_STORE or lookalike.toml).")
 @click.version_option(package_name="lookalike")
 @click.pass_context
-def cli(ctx: click.Context, home: str | None) -> None:
+def cli(ctx: click.Context, home: str | None, store: str | None) -> None:
     """lookalike: find the images that look alike."""
     ctx.ensure_object(dict)
     ctx.obj["home"] = home
+    ctx.obj["store"] = store
 
 
 def _check_engine(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -546,6 +551,32 @@ def export(ctx: click.Context, model: str | None, module_spec: str | None, input
 
 
 @cli.command()
+@click.argument("collection")
+@click.option("--to", "to", required=True, metavar="STORE_URI",
+              help="Store to copy into: milvus:PATH.db, milvus:http://HOST:19530 or embedded.")
+@click.option("--from", "source", default=None, metavar="STORE_URI",
+              help="Store to copy from (default: --store / $LOOKALIKE_STORE, else embedded).")
+@click.option("--batch", type=click.IntRange(1), default=1000, show_default=True, help="Rows per write.")
+@json_option
+@click.pass_context
+def migrate(ctx: click.Context, collection: str, to: str, source: str | None, batch: int, as_json: bool) -> None:
+    """Copy a collection to another store: vectors, rows (ids kept) and refinement, no re-embedding.
+    Resumable: after a kill, run the same command again. Verified by counts and sampled vectors."""
+    if source:
+        ctx.obj["store"] = source
+    lib = _library(ctx)
+
+    def progress(done: int, total: int) -> None:
+        click.echo(f"migrate {collection}: {done}/{total} rows", err=True)
+    report = lib.migrate(collection, to, batch=batch, progress=progress)
+    if as_json:
+        _emit(report.to_dict())
+        return
+    click.echo(f"{collection}: {report.copied} rows copied to {to}, {report.already_there} already there; "
+               f"{report.count} rows, {report.verified} sampled rows identical ({report.seconds:.1f} s)")
+
+
+@cli.command()
 @click.option("--host", default=None, help="Address to listen on (env LOOKALIKE_HOST; default 127.0.0.1).")
 @click.option("--port", "-p", type=click.IntRange(0, 65535), default=None,
               help="Port to listen on (env LOOKALIKE_PORT; default 8000).")
@@ -565,6 +596,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None, api_key: str |
     """Run the HTTP API and web page (API docs at /docs); stop with Ctrl-C."""
     from .server import serve as run_server
 
+    if ctx.obj.get("store"):  # the environment, so that every process of the server opens the same store
+        os.environ["LOOKALIKE_STORE"] = ctx.obj["store"]
     run_server(ctx.obj.get("home"), host=host, port=port, api_key=api_key, cors_origins=cors_origins,
                allowed_roots=list(allowed_roots) or None, max_upload_bytes=max_upload_bytes,
                log_format=log_format)

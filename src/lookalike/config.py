@@ -49,6 +49,8 @@ class Settings:
     decode_wait: float = 5.0  # seconds a search/upload waits for decode memory before answering "busy"
     engine: str = "local"  # `index --engine`: local, local-cluster, or a Dask scheduler address (engine.py)
     engine_workers: int = 0  # worker processes of `--engine local-cluster` (0: the CPU count, at most 8)
+    # where vectors and catalogue live: "embedded" (Faiss + SQLite here) or "milvus:<uri>" (store/__init__.py)
+    store: str = "embedded"
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod

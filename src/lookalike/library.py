@@ -78,13 +78,23 @@ class Upload:
     name: str | None = None
 
 
+def _same_store(a: str, b: str) -> bool:
+    """Whether two store URIs name one store (Lite paths compared resolved)."""
+    def norm(uri: str) -> str:
+        uri = (uri or "embedded").strip()
+        if uri.startswith("milvus:") and "://" not in uri:
+            return "milvus:" + str(Path(uri[len("milvus:"):]).expanduser().resolve())
+        return uri.rstrip("/")
+    return norm(a) == norm(b)
+
+
 class Library:
     def __init__(self, home: str | os.PathLike[str] | None = None, *, settings: Settings | None = None,
                  store: Store | None = None, model_dir: Path | None = None) -> None:
         self.home = library_home(home)
         self._model_dir = model_dir
         self.settings = settings or Settings.load(self.home)
-        self.store = store or open_store(self.home, exact_below=self.settings.exact_below)
+        self.store = store or open_store(self.home, self.settings.store, exact_below=self.settings.exact_below)
         self.uploads = UploadStore(self.home / "uploads")
         self._embedders: dict[str, Embedder] = {}
         self._embed_lock = threading.Lock()  # one load per model, however many threads ask at once
@@ -941,6 +951,30 @@ class Library:
         refine.rebuild(self.store, collection, params)
         self.store.flush()
         return params
+
+    # -- moving a collection between stores (issue 18) ------------------------------------------
+    def migrate(self, collection: str, to: str, *, source: str | None = None, batch: int = 1000,
+                progress: Any = None) -> Any:
+        """Copy `collection` from this library's store (or the store URI `source`) to the store URI `to`:
+        rows with their ids, vectors and refinement, in batches; run again to resume after a kill.
+        Returns a migrate.MigrateReport (verified by counts and sampled vectors)."""
+        from .migrate import migrate
+
+        from_uri = source or self.settings.store
+        if _same_store(from_uri, to):
+            raise LookalikeError(f"--to {to} is the store the collection is in; name another store")
+        options = {"exact_below": self.settings.exact_below}
+        src = self.store if source is None else open_store(self.home, source, **options)
+        try:
+            dst = open_store(self.home, to, **options)
+            try:
+                return migrate(src, dst, collection, batch=batch, source_name=from_uri, target_name=to,
+                               progress=progress)
+            finally:
+                dst.close()
+        finally:
+            if src is not self.store:
+                src.close()
 
     # -- training (issue 16) ------------------------------------------------------------------
     def train(self, name: str, collection: str = DEFAULT_COLLECTION, *,

@@ -150,6 +150,13 @@ class Store(ABC):
         """Make every row pending (e.g. after the augmentation settings change)."""
 
     @abstractmethod
+    def import_rows(self, collection: str, records: list[ImageRecord], vectors: np.ndarray,
+                    augmented: list[np.ndarray | None], neighbours: list[list[tuple[int, float]]]) -> None:
+        """Write rows exactly as another store holds them (`migrate`): their ids and `added` kept, with their
+        augmented vector (None: pending) and neighbour list. Rewriting a row already there is harmless, so
+        a resumed copy may; a path held under another id is refused (AlreadyExists)."""
+
+    @abstractmethod
     def search(self, collection: str, queries: np.ndarray, k: int, flt: Filter | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query row; ids are -1 where fewer than k matched."""

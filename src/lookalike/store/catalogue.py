@@ -388,6 +388,43 @@ class Catalogue:
                 rec.id = new_id
             return ids, change
 
+    def import_rows(self, collection: str, records: list[ImageRecord], vectors: np.ndarray,
+                    augmented: list[np.ndarray | None], neighbours: list[list[tuple[int, float]]]
+                    ) -> IndexChange | None:
+        """Rows as another store holds them, ids and refinement kept (see Store.import_rows), in one
+        transaction; what that changed in the index."""
+        if not records:
+            return None
+        with self.lock:
+            state = self.collection_state(collection)
+            blobs = self._encode(state, vectors)
+            with self._transaction():
+                for rec, blob, aug, lst in zip(records, blobs, augmented, neighbours, strict=True):
+                    if rec.id is None or not valid_image_id(int(rec.id)):
+                        raise LookalikeError(f"can't import {rec.path}: it has no valid id")
+                    other = self._db.execute("SELECT id FROM images WHERE collection=? AND path=?",
+                                             (collection, rec.path)).fetchone()
+                    if other is not None and other[0] != rec.id:
+                        raise AlreadyExists(f"collection '{collection}' already holds {rec.path} under id "
+                                            f"{other[0]}; migrate into a new collection or drop this one first")
+                    clash = self._db.execute("SELECT collection FROM images WHERE id=?", (int(rec.id),)).fetchone()
+                    if clash is not None and clash[0] != collection:
+                        raise AlreadyExists(f"id {rec.id} of {rec.path} is taken by collection '{clash[0]}' in "
+                                            "this library (ids are unique per library); migrate into another one")
+                    aug_blob = None if aug is None else self._encode(state, np.asarray(aug)[None, :])[0]
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO images(id, collection, path, content_hash, size, mtime, width, height,"
+                        " group_id, tags, metadata, vector, added, augmented) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (int(rec.id), collection, rec.path, rec.content_hash, rec.size, rec.mtime, rec.width,
+                         rec.height, rec.group_id, json.dumps(rec.tags), json.dumps(rec.metadata), blob,
+                         rec.added, aug_blob))
+                    self._db.execute("DELETE FROM knn WHERE image_id=?", (int(rec.id),))
+                    if aug is not None:
+                        self._db.executemany("INSERT INTO knn(image_id, neighbour, cos) VALUES (?,?,?)",
+                                             [(int(rec.id), int(n), float(c)) for n, c in lst])
+                ids = [int(r.id) for r in records]  # type: ignore[arg-type]
+                return self._commit_change(state, remove=ids, add=ids)
+
     def remove(self, collection: str, ids: list[int]) -> tuple[int, IndexChange | None]:
         """Delete rows; how many were there, and what that changed in the index (None: nothing)."""
         with self.lock:

@@ -85,6 +85,11 @@ class EmbeddedStore(Store):
         with self._lock:
             self.faiss_index.apply(self.catalogue.clear_augmented(collection))
 
+    def import_rows(self, collection: str, records: list[ImageRecord], vectors: np.ndarray,
+                    augmented: list[np.ndarray | None], neighbours: list[list[tuple[int, float]]]) -> None:
+        with self._lock:
+            self.faiss_index.apply(self.catalogue.import_rows(collection, records, vectors, augmented, neighbours))
+
     def update_metadata(self, collection: str, image_id: int, *, group_id: str | None = None,
                         tags: list[str] | None = None, metadata: dict[str, Any] | None = None) -> None:
         self.catalogue.update_metadata(collection, image_id, group_id=group_id, tags=tags, metadata=metadata)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.decode import decode, open_image, walk_images
+from lookalike.decode import decode, open_image, source_size, walk_images
 from lookalike.errors import DecodeError
 
 from .conftest import ukbench_images
@@ -94,6 +94,16 @@ def test_jpeg_draft_mode_decodes_big_photos_smaller(photo: Image.Image) -> None:
     big = photo.resize((4000, 3000))
     out = decode(_encode(big, "JPEG"), draft_size=300)
     assert 300 <= min(out.size) < 1500
+    assert source_size(out) == (4000, 3000)  # what the catalogue records: the file's size, not the decode's
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_source_size_is_upright_after_reduction(photo: Image.Image, fmt: str) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: a 3000x2000 file is a 2000x3000 picture
+    out = decode(_encode(photo.resize((3000, 2000)), fmt, exif=exif.tobytes()), draft_size=224)
+    assert out.width < out.height and out.height < 3000
+    assert source_size(out) == (2000, 3000)
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,11 @@ import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from lookalike import Library
 from lookalike.errors import ModelMismatch
+from lookalike.library import Upload
 
 from .conftest import cli_env, ukbench_images
 
@@ -143,3 +145,16 @@ def test_killed_run_resumes_without_loss_or_duplicates(home: Path, tmp_path: Pat
     ids, vecs = lib.store.all_vectors("many")
     _, found = lib.store.search("many", vecs, 1)
     assert (found[:, 0] == ids).all()
+
+
+def test_catalogue_records_the_files_own_size(home: Path, tmp_path: Path) -> None:
+    """A big photo is decoded reduced for the model; its row still says how big the file is (keep-best needs it)."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    Image.open(ukbench_images(1)[0]).resize((4000, 3000)).save(folder / "big.jpg", quality=90)
+    lib = Library.open(home)
+    lib.index([folder], "big")
+    (row,) = lib.store.get("big", lib.store.find_ids("big"))
+    assert (row.width, row.height) == (4000, 3000)
+    (added,) = lib.add_images([Upload((folder / "big.jpg").read_bytes(), "again.jpg")], "big")
+    assert (added.width, added.height) == (4000, 3000)

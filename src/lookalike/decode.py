@@ -39,7 +39,8 @@ IMAGE_EXTENSIONS = {
 } | RAW_EXTENSIONS
 
 DEFAULT_MAX_PIXELS = 120_000_000
-
+ORIENTATION_TAG = 0x0112  # EXIF orientation
+SOURCE_SIZE = "lookalike_source_size"  # Image.info key: the file's upright (width, height)
 
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
@@ -351,11 +352,14 @@ def decode(
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
         cost = _decode_cost(img, draft_size)
+        transposed = img.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)  # turned a quarter: sides swap
+        upright_size = (height, width) if transposed else (width, height)
         with MEMORY.hold(cost, wait):
             img.load()
             reduced = _reduce_big(img, draft_size)
             img = reduced if reduced is not None else (ImageOps.exif_transpose(img) or img)
             out = to_rgb(img)
+            out.info[SOURCE_SIZE] = upright_size  # the file's own size: draft and reduction shrink `out`
             del img, reduced  # the full-size buffer goes before the memory is handed back
         if cost >= TRIM_ABOVE:
             _malloc_trim()
@@ -367,6 +371,12 @@ def decode(
         raise DecodeError(reason, str(exc)) from exc
     except (ValueError, SyntaxError, EOFError, IndexError, MemoryError) as exc:
         raise DecodeError("corrupt", str(exc) or type(exc).__name__) from exc
+
+
+def source_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the picture in its file, upright, even where `decode` gave a reduced one."""
+    width, height = image.info.get(SOURCE_SIZE, image.size)
+    return int(width), int(height)
 
 
 def open_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None,

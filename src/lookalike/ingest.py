@@ -27,7 +27,7 @@ import numpy as np
 
 from . import refine
 from .config import Settings
-from .decode import decode, read_bytes, read_file, walk_images
+from .decode import decode, read_bytes, read_file, source_size, walk_images
 from .embed import Embedder
 from .errors import DecodeError, LookalikeError, ModelMismatch, UnknownCollection
 from .refine import RefineParams
@@ -136,7 +136,7 @@ def _prepare(item: TodoItem, embedder: Embedder, job: FileJob) -> _Prepared:
         if previous is not None and previous[3] == record.content_hash:
             return _Prepared(record, same_content_id=previous[0])
         image = decode(data, max_pixels=settings.max_pixels, draft_size=embedder.draft_size, suffix=path.suffix)
-        record.width, record.height = image.size
+        record.width, record.height = source_size(image)  # not the reduced decode's size
         return _Prepared(record, embedder.prepare(image))
     except DecodeError as exc:
         return _Prepared(record, error=Skipped(record.path, exc.reason, exc.detail))

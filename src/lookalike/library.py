@@ -30,7 +30,17 @@ from PIL import Image
 from . import refine
 from .compare import compare_vectors
 from .config import DEFAULT_COLLECTION, Settings, library_home
-from .decode import MEDIA_TYPES, configure_memory, decode, decode_upload, read_bytes, read_file, sniff, to_rgb
+from .decode import (
+    MEDIA_TYPES,
+    configure_memory,
+    decode,
+    decode_upload,
+    read_bytes,
+    read_file,
+    sniff,
+    source_size,
+    to_rgb,
+)
 from .embed import Embedder, ModelCard, get_embedder, model_cards, resolve
 from .errors import (
     Busy,
@@ -299,8 +309,9 @@ class Library:
                     raise exc.reworded(f"upload #{index + 1}: ", "; nothing was added", index=index) from None
                 raise
             digest = hashlib.sha256(upload.data).hexdigest()
+            width, height = source_size(image)
             records.append(ImageRecord(path=upload_path(upload.name or digest[:16]), content_hash=digest,
-                                       size=len(upload.data), width=image.size[0], height=image.size[1],
+                                       size=len(upload.data), width=width, height=height,
                                        group_id=group_id, tags=list(tags or []), metadata=dict(metadata or {})))
             images.append(image)
         vectors = embedder.embed_images(images)
@@ -337,8 +348,8 @@ class Library:
         embedder = self.collection_embedder(collection)
         image = self._decode_bytes(data, embedder, limits)
         digest = hashlib.sha256(data).hexdigest()
-        record = ImageRecord(path=old.path, content_hash=digest, size=len(data), mtime=0.0,
-                             width=image.size[0], height=image.size[1],
+        width, height = source_size(image)
+        record = ImageRecord(path=old.path, content_hash=digest, size=len(data), mtime=0.0, width=width, height=height,
                              group_id=group_id if group_id is not None else old.group_id,
                              tags=list(tags) if tags is not None else old.tags,
                              metadata={**old.metadata, **(metadata or {})})

@@ -410,7 +410,8 @@ def list_collections(ctx: click.Context, as_json: bool) -> None:
 @collections.command("create")
 @click.argument("name")
 @click.option("--model", "-m", default=None, help="Embedder for this collection.")
-@click.option("--index-spec", default="auto", show_default=True, help="Faiss index_factory string or auto.")
+@click.option("--index-spec", default="auto", show_default=True,
+              help="auto, a Faiss index_factory string, or LSH<bits>: binary codes, exact re-rank.")
 @click.option("--plain", is_flag=True, help="No refinement: plain cosine search (no DBA, no query expansion).")
 @json_option
 @click.pass_context

@@ -546,15 +546,18 @@ def export(ctx: click.Context, model: str | None, module_spec: str | None, input
               help="Largest accepted image upload (env LOOKALIKE_MAX_UPLOAD_BYTES; default 20 MiB).")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default=None,
               help="Log lines as JSON objects (default) or text (env LOOKALIKE_LOG_FORMAT).")
+@click.option("--workers", "-w", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Server processes sharing the port and the library (each loads its own models).")
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, api_key: str | None, cors_origins: str | None,
-          allowed_roots: tuple[str, ...], max_upload_bytes: int | None, log_format: str | None) -> None:
+          allowed_roots: tuple[str, ...], max_upload_bytes: int | None, log_format: str | None,
+          workers: int) -> None:
     """Run the HTTP API and web page (API docs at /docs); stop with Ctrl-C."""
     from .server import serve as run_server
 
     run_server(ctx.obj.get("home"), host=host, port=port, api_key=api_key, cors_origins=cors_origins,
                allowed_roots=list(allowed_roots) or None, max_upload_bytes=max_upload_bytes,
-               log_format=log_format)
+               log_format=log_format, workers=workers)
 
 
 @cli.command("eval")

@@ -47,6 +47,7 @@ class Settings:
     allowed_roots: list[str] = field(default_factory=list)
     decode_memory_mb: int = 0  # pixel memory concurrent decodes may hold at once (0: 1/8 of RAM, 256-1024 MiB)
     decode_wait: float = 5.0  # seconds a search/upload waits for decode memory before answering "busy"
+    write_wait: float = 30.0  # seconds an upload/replace/remove waits for another write to finish, then "busy"
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod

@@ -93,7 +93,7 @@ def serve(home: str | os.PathLike[str] | None = None, *, workers: int = 1, **ove
         raise
     if workers > 1:
         lib.close()
-        _serve_workers(str(lib.home), settings, workers)
+        _serve_workers(str(lib.home), settings, workers, threads_set=lib.settings.intra_op_threads != 0)
         return
     configure_logging(settings)
     app = create_app(lib, settings=settings, owns_library=True)
@@ -109,13 +109,16 @@ def serve(home: str | os.PathLike[str] | None = None, *, workers: int = 1, **ove
     uvicorn.Server(config).run()
 
 
-def _serve_workers(home: str, settings: ServerSettings, workers: int) -> None:
+def _serve_workers(home: str, settings: ServerSettings, workers: int, *, threads_set: bool) -> None:
     """uvicorn's process manager over `worker_app`: each worker rebuilds the settings resolved here."""
     import uvicorn
 
     configure_logging(settings)
     os.environ["LOOKALIKE_HOME"] = home
     os.environ[WORKER_SETTINGS_ENV] = json.dumps(asdict(settings))
+    if not threads_set:
+        # N workers each running ONNX Runtime on every core would oversubscribe the CPUs N times over
+        os.environ["LOOKALIKE_INTRA_OP_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     own_metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # must be set before the workers import prometheus_client
         own_metrics_dir = tempfile.mkdtemp(prefix="lookalike-metrics-")

@@ -1,12 +1,17 @@
 """Search latency and throughput of the HTTP service under concurrent clients, on loopback.
 
     python bench/server_latency.py [--images 200] [--clients 1,4] [--requests 200] [--max-seconds 60]
+                                   [--workers 1,4]
 
 Indexes the first N UKBench photos into a throw-away library, starts `lookalike serve` on 127.0.0.1 in a
 subprocess, then for each client count sends multipart image searches (keep-alive, one connection per
 client) until `--requests` are done or `--max-seconds` pass, whichever comes first. Prints a markdown
 table (p50/p90/p99 latency, requests per second, errors) and the server's own per-step timings from
 /metrics, so a slow request says where the time went. Bounded in requests and time by design.
+
+`--workers 1,4` repeats the whole run against `serve --workers 1` and then `--workers 4` over the same
+library, and prints the req/s ratio of the last worker count to the first at each client count (one run,
+same machine, same load).
 """
 
 from __future__ import annotations
@@ -126,6 +131,23 @@ def server_steps(port: int) -> dict[str, float]:
     return {step: round(float(sums[step]) / float(counts[step]) * 1000, 1) for step in sums if float(counts[step])}
 
 
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def ratios(rows: list[dict]) -> dict[int, float]:
+    """req/s with the most workers over req/s with the fewest, per client count."""
+    counts = sorted({r["workers"] for r in rows})
+    first, last = counts[0], counts[-1]
+    by = {(r["workers"], r["clients"]): r["req_per_s"] for r in rows}
+    return {c: round(by[(last, c)] / by[(first, c)], 2)
+            for (w, c) in by if w == first and by[(first, c)] and (last, c) in by}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=SHARED / "ukbench_first1000")
@@ -136,6 +158,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--workers", default="1", help="comma-separated `serve --workers` counts, one server each")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args()
 
@@ -156,37 +179,48 @@ def main() -> None:
         started = time.perf_counter()
         subprocess.run(index_cmd, env=env, check=True, stdout=subprocess.DEVNULL)
         index_seconds = time.perf_counter() - started
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--host", "127.0.0.1",
-                                 "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        wait_ready(port, proc)
         bodies = [multipart(f.read_bytes()) for f in files[: min(len(files), 100)]]
-        run_load(port, bodies, 1, args.warmup, 30, "bench", args.k)
-        rows = [run_load(port, bodies, int(c), args.requests, args.max_seconds, "bench", args.k)
-                for c in args.clients.split(",")]
-        steps = server_steps(port)
+        rows, steps = [], {}
+        for workers in [int(w) for w in args.workers.split(",")]:
+            port = free_port()
+            metrics = Path(tempfile.mkdtemp(prefix="metrics-", dir=home))
+            proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--host", "127.0.0.1",
+                                     "--port", str(port), "--workers", str(workers)],
+                                    env={**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics)},
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_ready(port, proc)
+            # warm the workers (each loads its own models): as many clients as workers, a few requests each
+            run_load(port, bodies, workers, args.warmup * workers * 2, 120, "bench", args.k)
+            for c in args.clients.split(","):
+                rows.append({"workers": workers,
+                             **run_load(port, bodies, int(c), args.requests, args.max_seconds, "bench", args.k)})
+            steps[workers] = server_steps(port)
+            stop(proc)
+            proc = None
     finally:
         if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
         shutil.rmtree(home, ignore_errors=True)
 
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    ratio = ratios(rows) if len({r["workers"] for r in rows}) > 1 else {}
     if args.json:
         print(json.dumps({"machine": machine, "images": len(files), "index_seconds": round(index_seconds, 1),
-                          "k": args.k, "runs": rows, "server_step_ms": steps}, indent=2))
+                          "k": args.k, "runs": rows, "server_step_ms": steps, "req_per_s_ratio": ratio}, indent=2))
         return
     print(f"# lookalike search over HTTP: {len(files)} images, k={args.k}, {machine}\n")
-    print("| clients | requests | errors | p50 ms | p90 ms | p99 ms | mean ms | req/s |")
-    print("|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print("| workers | clients | requests | errors | p50 ms | p90 ms | p99 ms | mean ms | req/s |")
+    print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in rows:
-        print(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['p50_ms']} | {r['p90_ms']} | "
-              f"{r['p99_ms']} | {r['mean_ms']} | {r['req_per_s']} |")
-    print("\nserver-side mean per search step (ms): " + ", ".join(f"{k} {v}" for k, v in steps.items()))
+        print(f"| {r['workers']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['p50_ms']} | "
+              f"{r['p90_ms']} | {r['p99_ms']} | {r['mean_ms']} | {r['req_per_s']} |")
+    for workers, per_step in steps.items():
+        print(f"\nserver-side mean per search step with {workers} worker(s) (ms): "
+              + ", ".join(f"{k} {v}" for k, v in per_step.items()))
+    if ratio:
+        counts = sorted({r["workers"] for r in rows})
+        print(f"\nreq/s with {counts[-1]} workers / with {counts[0]}: "
+              + ", ".join(f"{c} clients x{v}" for c, v in ratio.items()))
 
 
 if __name__ == "__main__":

@@ -429,7 +429,8 @@ def list_collections(ctx: click.Context, as_json: bool) -> None:
 @collections.command("create")
 @click.argument("name")
 @click.option("--model", "-m", default=None, help="Embedder for this collection.")
-@click.option("--index-spec", default="auto", show_default=True, help="Faiss index_factory string or auto.")
+@click.option("--index-spec", default="auto", show_default=True,
+              help="auto, a Faiss index_factory string, or LSH<bits>: binary codes, exact re-rank.")
 @click.option("--plain", is_flag=True, help="No refinement: plain cosine search (no DBA, no query expansion).")
 @json_option
 @click.pass_context
@@ -590,9 +591,12 @@ def migrate(ctx: click.Context, collection: str, to: str, source: str | None, ba
               help="Largest accepted image upload (env LOOKALIKE_MAX_UPLOAD_BYTES; default 20 MiB).")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default=None,
               help="Log lines as JSON objects (default) or text (env LOOKALIKE_LOG_FORMAT).")
+@click.option("--workers", "-w", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Server processes sharing the port and the library (each loads its own models).")
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, api_key: str | None, cors_origins: str | None,
-          allowed_roots: tuple[str, ...], max_upload_bytes: int | None, log_format: str | None) -> None:
+          allowed_roots: tuple[str, ...], max_upload_bytes: int | None, log_format: str | None,
+          workers: int) -> None:
     """Run the HTTP API and web page (API docs at /docs); stop with Ctrl-C."""
     from .server import serve as run_server
 
@@ -600,7 +604,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, api_key: str |
         os.environ["LOOKALIKE_STORE"] = ctx.obj["store"]
     run_server(ctx.obj.get("home"), host=host, port=port, api_key=api_key, cors_origins=cors_origins,
                allowed_roots=list(allowed_roots) or None, max_upload_bytes=max_upload_bytes,
-               log_format=log_format)
+               log_format=log_format, workers=workers)
 
 
 @cli.command("eval")

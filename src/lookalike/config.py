@@ -47,6 +47,7 @@ class Settings:
     allowed_roots: list[str] = field(default_factory=list)
     decode_memory_mb: int = 0  # pixel memory concurrent decodes may hold at once (0: 1/8 of RAM, 256-1024 MiB)
     decode_wait: float = 5.0  # seconds a search/upload waits for decode memory before answering "busy"
+    write_wait: float = 30.0  # seconds an upload/replace/remove waits for another write to finish, then "busy"
     engine: str = "local"  # `index --engine`: local, local-cluster, or a Dask scheduler address (engine.py)
     engine_workers: int = 0  # worker processes of `--engine local-cluster` (0: the CPU count, at most 8)
     # where vectors and catalogue live: "embedded" (Faiss + SQLite here) or "milvus:<uri>" (store/__init__.py)

@@ -60,6 +60,7 @@ from .roots import is_within, resolve_roots, resolve_within
 from .search import Hit, nearest
 from .store import CollectionInfo, Filter, ImageRecord, Store, open_store
 from .uploads import UploadStore, is_upload, upload_path
+from .write_lock import LibraryWriteLock
 
 if TYPE_CHECKING:
     from .dupes import DupesReport, Plan, UndoReport
@@ -108,7 +109,9 @@ class Library:
         self.uploads = UploadStore(self.home / "uploads")
         self._embedders: dict[str, Embedder] = {}
         self._embed_lock = threading.Lock()  # one load per model, however many threads ask at once
-        self._write_lock = threading.Lock()  # uploads: check-then-write of a collection and its upload files
+        # uploads, replaces, removes: check-then-write of a collection and its upload files, one at a time
+        # across this library's processes (write_lock.py); Busy after settings.write_wait seconds
+        self._write_lock = LibraryWriteLock(self.home / "locks", wait=self.settings.write_wait)
         self._thumbs: OrderedDict[tuple[str, int, str, int], bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
         configure_memory(self.settings.decode_memory_mb)  # the process's decode memory (decode.MEMORY)
@@ -400,8 +403,9 @@ class Library:
         if bad := [i for i in ids if not valid_image_id(i)]:
             raise UnknownImage(f"no image with id {bad[0]} in collection '{collection}'")
         hashes = {r.content_hash for r in self.store.get(collection, ids)} if ids else set()
-        removed = self.store.remove(collection, ids)
-        refine.refresh(self.store, collection)
+        with self._write_lock:
+            removed = self.store.remove(collection, ids)
+            refine.refresh(self.store, collection)
         self._sync_regions(collection)
         self.store.flush()
         self._forget_uploads(hashes)

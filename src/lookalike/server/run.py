@@ -1,14 +1,27 @@
-"""Running the service: logging set-up, a port check that fails in one line, and `serve` (uvicorn)."""
+"""Running the service: logging set-up, a port check that fails in one line, and `serve` (uvicorn).
+
+`serve(workers=N)` with N > 1 runs N uvicorn worker processes on one socket, each with its own `Library` on the
+same library directory. That is safe because everything they share is on disk: a write commits to the SQLite
+catalogue with its index log, and each worker's Faiss index catches up from that log before it searches
+(store/faiss_index.py), so a search in any worker sees every write committed before it started. Uploads,
+replaces and removes take the library's write lock (write_lock.py): one at a time across the workers, a 503
+`write-busy` after `write_wait` seconds. Index jobs are shared through jobs.sqlite (jobs_db.py), and /metrics
+adds up every worker through prometheus_client's multiprocess mode (a fresh folder unless
+PROMETHEUS_MULTIPROC_DIR names one). Each worker loads its own models: memory grows with N.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
+from dataclasses import asdict
 from typing import Any
 
 from ..errors import LookalikeError
@@ -61,10 +74,16 @@ def check_port(host: str, port: int) -> None:
                                  "(or stop what is using it)") from exc
 
 
-def serve(home: str | os.PathLike[str] | None = None, **overrides: Any) -> None:
-    """Run the service until SIGINT/SIGTERM; in-flight requests get `shutdown_timeout` seconds."""
+WORKER_SETTINGS_ENV = "LOOKALIKE_WORKER_SETTINGS"  # the parent's resolved settings, handed to each worker
+
+
+def serve(home: str | os.PathLike[str] | None = None, *, workers: int = 1, **overrides: Any) -> None:
+    """Run the service until SIGINT/SIGTERM; in-flight requests get `shutdown_timeout` seconds.
+    `workers` > 1: that many processes on one socket (see the module docstring)."""
     import uvicorn
 
+    if workers < 1:
+        raise LookalikeError(f"--workers {workers}: use 1 or more worker processes")
     lib = Library.open(home)
     try:
         settings = ServerSettings.load(lib.settings, **overrides)
@@ -72,6 +91,10 @@ def serve(home: str | os.PathLike[str] | None = None, **overrides: Any) -> None:
     except BaseException:
         lib.close()
         raise
+    if workers > 1:
+        lib.close()
+        _serve_workers(str(lib.home), settings, workers, threads_set=lib.settings.intra_op_threads != 0)
+        return
     configure_logging(settings)
     app = create_app(lib, settings=settings, owns_library=True)
     log.info("serving", extra={"url": f"http://{settings.host}:{settings.port}/", "home": str(lib.home),
@@ -84,3 +107,37 @@ def serve(home: str | os.PathLike[str] | None = None, **overrides: Any) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: sys.exit(0))
     uvicorn.Server(config).run()
+
+
+def _serve_workers(home: str, settings: ServerSettings, workers: int, *, threads_set: bool) -> None:
+    """uvicorn's process manager over `worker_app`: each worker rebuilds the settings resolved here."""
+    import uvicorn
+
+    configure_logging(settings)
+    os.environ["LOOKALIKE_HOME"] = home
+    os.environ[WORKER_SETTINGS_ENV] = json.dumps(asdict(settings))
+    if not threads_set:
+        # N workers each running ONNX Runtime on every core would oversubscribe the CPUs N times over
+        os.environ["LOOKALIKE_INTRA_OP_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    own_metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # must be set before the workers import prometheus_client
+        own_metrics_dir = tempfile.mkdtemp(prefix="lookalike-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
+    log.info("serving", extra={"url": f"http://{settings.host}:{settings.port}/", "home": home, "workers": workers,
+                               "api_key": bool(settings.api_key), "allowed_roots": settings.allowed_roots})
+    try:
+        uvicorn.run("lookalike.server.run:worker_app", factory=True, workers=workers, host=settings.host,
+                    port=settings.port, log_config=None, access_log=False, server_header=False, lifespan="on",
+                    timeout_graceful_shutdown=int(settings.shutdown_timeout) or None)
+    finally:
+        if own_metrics_dir is not None:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+
+
+def worker_app() -> Any:
+    """The app of one worker process started by `serve(workers=N)`: its own Library on the shared home."""
+    settings = ServerSettings.from_values(json.loads(os.environ[WORKER_SETTINGS_ENV]))
+    configure_logging(settings)
+    logging.getLogger("uvicorn.access").propagate = False  # access_log=False, as one process has it
+    lib = Library.open(os.environ["LOOKALIKE_HOME"])
+    return create_app(lib, settings=settings, owns_library=True)

@@ -22,7 +22,8 @@ class CollectionCreate(BaseModel):
     model: str | None = Field(None, min_length=1, max_length=MAX_SPEC,
                               description="Embedder name (GET /api/models); default: the library's")
     index_spec: str = Field("auto", min_length=1, max_length=MAX_SPEC,
-                            description="'auto' or a Faiss index_factory string, e.g. 'HNSW32'")
+                            description="'auto', a Faiss index_factory string, e.g. 'HNSW32', or "
+                                        "'LSH<bits>' (binary codes, exact re-rank), e.g. 'LSH256'")
 
 
 @router.get("/api/collections", summary="List collections")

@@ -157,3 +157,15 @@ def test_two_workers_over_one_library_see_every_write(tmp_path: Path, model_cach
     output = (tmp_path / "server.log").read_text()
     assert code == 0, output[-2000:]
     assert "database is locked" not in output and "Traceback" not in output, output[-2000:]
+
+
+def test_workers_refuse_a_milvus_lite_store(tmp_path: Path) -> None:
+    """Milvus Lite serves one process per database: several workers over it is one clear line, exit 1."""
+    pytest.importorskip("milvus_lite")
+    env = {**os.environ, "LOOKALIKE_HOME": str(tmp_path / "lib")}
+    done = subprocess.run([sys.executable, "-m", "lookalike.cli", "--store", f"milvus:{tmp_path}/m.db", "serve",
+                           "--workers", "2", "--port", str(free_port())], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Milvus Lite allows one process per database" in lines[0], done.stderr

@@ -87,6 +87,11 @@ def serve(home: str | os.PathLike[str] | None = None, *, workers: int = 1, **ove
     lib = Library.open(home)
     try:
         settings = ServerSettings.load(lib.settings, **overrides)
+        store = lib.settings.store.strip()
+        if workers > 1 and store.startswith("milvus:") and "://" not in store:
+            raise LookalikeError(f"--workers {workers} with the Milvus Lite store '{store}': Milvus Lite allows "
+                                 "one process per database; use --workers 1, or a Milvus server "
+                                 "(--store milvus:http://HOST:19530)")
         check_port(settings.host, settings.port)
     except BaseException:
         lib.close()

@@ -47,7 +47,7 @@ class Config:
     batch: int = 256
     weight_decay: float = 1e-4
     temperature: float = 0.1
-    margin: float = 0.25  # cosface
+    margin: float = 0.25  # cosface (0.35 won cross-validation by 0.009 but lost end to end: docs/benchmarks.md)
     scale: float = 30.0  # cosface
     neighbours: int = 0  # self-supervised: mutual-kNN positives per picture
     clusters: int = 0  # self-supervised loss "clusters": k-means pseudo-classes of the backbone vectors

@@ -22,6 +22,7 @@ from lookalike.errors import EngineError
 
 from .conftest import cli_env, ukbench_images
 from .netns import LOOPBACK_GUARD, namespace_prefix, skip_unless_namespace
+from .test_ingest import assert_resumed
 from .test_privacy import off_machine
 
 # In the namespace: the real command on the engine this machine starts, then the Python API on a
@@ -159,15 +160,7 @@ def test_killed_engine_run_resumes_without_loss_or_duplicates(home: Path, tmp_pa
     done = subprocess.run([*namespace_prefix(), *command, "--json"], env=env, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout)
-    assert report["count"] == len(files)
-    assert report["unchanged"] + report["added"] == len(files) and report["unchanged"] > 0
-    lib = Library.open(home)
-    paths = [r.path for r in lib.store.get("many", lib.store.find_ids("many"))]
-    assert sorted(paths) == sorted(str(folder / p.name) for p in files)
-    ids, vecs = lib.store.all_vectors("many")
-    _, found = lib.store.search("many", vecs, 1)
-    assert (found[:, 0] == ids).all()
+    assert_resumed(home, folder, files, done.stdout)
 
 
 def test_a_plain_tcp_scheduler_off_this_machine_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:

@@ -135,15 +135,20 @@ def test_killed_run_resumes_without_loss_or_duplicates(home: Path, tmp_path: Pat
     done = subprocess.run([sys.executable, "-m", "lookalike.cli", "index", str(folder), "-c", "many", "--json"],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    assert_resumed(home, folder, files, done.stdout)
+
+
+def assert_resumed(home: Path, folder: Path, files: list[Path], output: str, collection: str = "many") -> None:
+    """After a killed run and its rerun (`output`: the rerun's --json): every file once, nothing lost."""
+    report = json.loads(output)
     assert report["count"] == len(files)
     assert report["unchanged"] + report["added"] == len(files) and report["unchanged"] > 0
     lib = Library.open(home)
-    paths = [r.path for r in lib.store.get("many", lib.store.find_ids("many"))]
+    paths = [r.path for r in lib.store.get(collection, lib.store.find_ids(collection))]
     assert sorted(paths) == sorted(str(folder / p.name) for p in files)
     # catalogue and vector index agree: every image finds itself first
-    ids, vecs = lib.store.all_vectors("many")
-    _, found = lib.store.search("many", vecs, 1)
+    ids, vecs = lib.store.all_vectors(collection)
+    _, found = lib.store.search(collection, vecs, 1)
     assert (found[:, 0] == ids).all()
 
 

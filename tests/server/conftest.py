@@ -128,3 +128,16 @@ def folder_with_copies(folder: Path) -> dict[str, tuple[str, str]]:
     for name, (original, _, edit) in edits.items():
         edit(Image.open(original).convert("RGB")).save(folder / name, quality=70)
     return {name: (original.name, how) for name, (original, how, _) in edits.items()}
+
+
+def review_app(root: Path, model_cache: Path) -> tuple[Library, Path, ServerSettings]:
+    """A fresh library over `folder_with_copies` (collection "review"), and server settings with the API key
+    and that folder as the allowed root: what the copies-review tests run against."""
+    folder = root / "photos"
+    folder_with_copies(folder)
+    home = root / "home"
+    home.mkdir()
+    (home / "models").symlink_to(model_cache, target_is_directory=True)
+    lib = Library.open(home)
+    lib.index([folder], "review")
+    return lib, folder, ServerSettings(api_key=API_KEY, allowed_roots=[str(folder)])

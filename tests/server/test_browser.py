@@ -292,22 +292,12 @@ def test_objects_are_drawn_over_the_query_and_a_click_searches_with_one(live_ser
 def review_server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[tuple[str, Path]]:
     """A live server over a fresh library: UKBench photos 0-7 and two edited copies (tests/server/conftest.py),
     with an API key and the photos' folder as its allowed root."""
-    from lookalike import Library
     from lookalike.server import create_app
-    from lookalike.server.settings import ServerSettings
 
-    from .conftest import API_KEY, folder_with_copies
+    from .conftest import review_app
 
-    root = tmp_path_factory.mktemp("review-page")
-    folder = root / "photos"
-    folder_with_copies(folder)
-    home = root / "home"
-    home.mkdir()
-    (home / "models").symlink_to(model_cache, target_is_directory=True)
-    lib = Library.open(home)
-    lib.index([folder], "review")
-    yield from ((base, folder) for base in _serve(create_app(lib, settings=ServerSettings(
-        api_key=API_KEY, allowed_roots=[str(folder)]))))
+    lib, folder, settings = review_app(tmp_path_factory.mktemp("review-page"), model_cache)
+    yield from ((base, folder) for base in _serve(create_app(lib, settings=settings)))
     lib.close()
 
 

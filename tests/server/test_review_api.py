@@ -18,7 +18,7 @@ from lookalike.server import create_app
 from lookalike.server.settings import ServerSettings
 
 from ..conftest import FLICKR, SHARED
-from .conftest import API_KEY, WRITE, folder_with_copies, wait_ready
+from .conftest import API_KEY, WRITE, review_app, wait_ready
 
 HAS_SSD = (SHARED / "models" / ssd.TFLITE_NAME).is_file()
 
@@ -26,15 +26,8 @@ HAS_SSD = (SHARED / "models" / ssd.TFLITE_NAME).is_file()
 @pytest.fixture(scope="module")
 def review_setup(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[tuple[TestClient, Path,
                                                                                                  Library]]:
-    root = tmp_path_factory.mktemp("review")
-    folder = root / "photos"
-    folder_with_copies(folder)
-    home = root / "home"
-    home.mkdir()
-    (home / "models").symlink_to(model_cache, target_is_directory=True)
-    lib = Library.open(home)
-    lib.index([folder], "review")
-    with TestClient(create_app(lib, settings=ServerSettings(api_key=API_KEY, allowed_roots=[str(folder)]))) as c:
+    lib, folder, settings = review_app(tmp_path_factory.mktemp("review"), model_cache)
+    with TestClient(create_app(lib, settings=settings)) as c:
         wait_ready(c)
         yield c, folder, lib
     lib.close()

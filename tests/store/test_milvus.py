@@ -16,23 +16,13 @@ import pytest
 
 from lookalike import Library, refine
 from lookalike.errors import LookalikeError
-from lookalike.store import EmbeddedStore, Filter, ImageRecord, Store, open_store
+from lookalike.store import EmbeddedStore, Filter, Store, open_store
 from lookalike.store.milvus import MilvusStore
 
 from ..conftest import copy_photos
+from .test_backends import clustered, records
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def clustered(rows: int, dim: int = 16, per: int = 4, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(rows // per + 1, dim))
-    x = (np.repeat(centres, per, axis=0)[:rows] + 0.35 * rng.normal(size=(rows, dim))).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def records(n: int, prefix: str = "/img") -> list[ImageRecord]:
-    return [ImageRecord(path=f"{prefix}/{i}.jpg", size=i, mtime=float(i)) for i in range(n)]
 
 
 def cli(home: Path, *args: str, store: str | None = None, **kwargs: object) -> subprocess.Popen[str]:

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from server_latency import stop  # bench/ is on sys.path when a bench script runs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ukbench_first1000"
 KEY = "repro-key"
@@ -63,14 +64,6 @@ def start(cmd: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
             pass
         time.sleep(0.2)
     sys.exit("server did not get ready")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def wait_job(base: str, job_id: str) -> dict:

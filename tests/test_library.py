@@ -192,3 +192,20 @@ def test_ids_outside_sqlite_range_are_unknown_images_not_crashes(lib: Library, i
         with pytest.raises(UnknownImage):
             call()
     assert lib.store.get("p", [image_id]) == [] and lib.count("p") == 12
+
+
+def test_index_batches_take_turns_with_other_writers(tmp_path: Path, model_cache: Path) -> None:
+    """An index run writes under the library's write lock, like uploads: while another process (here another
+    open file description) holds it, the run waits `write_wait` and then stops with Busy, nothing written."""
+    from lookalike.errors import Busy
+    from lookalike.write_lock import LibraryWriteLock
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(model_cache, target_is_directory=True)
+    photos = copy_photos(tmp_path / "photos", 4)
+    with Library.open(home, settings=Settings.load(home, write_wait=0.5)) as library:
+        with LibraryWriteLock(home / "locks", wait=0), pytest.raises(Busy, match="another write"):
+            library.index([photos], "turns")
+        assert library.count("turns") == 0
+        assert library.index([photos], "turns").count == 4  # the lock is free again: the same run goes through

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,9 +167,10 @@ class _Writer:
     images in one transaction, so a killed run loses at most the uncommitted batch."""
 
     def __init__(self, store: Store, collection: str, known: dict[str, Any], report: IndexReport,
-                 commit_every: int) -> None:
+                 commit_every: int, write_guard: AbstractContextManager[Any] | None = None) -> None:
         self.store, self.collection, self.known, self.report = store, collection, known, report
         self.commit_every = commit_every
+        self.write_guard = write_guard or nullcontext()  # held around each write (the library's write lock)
         self.records: list[ImageRecord] = []
         self.vectors: list[np.ndarray] = []
         self.seconds = 0.0
@@ -179,7 +181,8 @@ class _Writer:
             return
         started = time.perf_counter()
         if item.same_content_id is not None:
-            _refresh_row(self.store, self.collection, item)
+            with self.write_guard:
+                _refresh_row(self.store, self.collection, item)
             self.report.unchanged += 1
         else:
             assert item.vector is not None
@@ -197,7 +200,8 @@ class _Writer:
         if not self.records:
             return
         started = time.perf_counter()
-        self.store.upsert(self.collection, self.records, np.stack(self.vectors))
+        with self.write_guard:
+            self.store.upsert(self.collection, self.records, np.stack(self.vectors))
         self.records, self.vectors = [], []
         self.seconds += time.perf_counter() - started
 
@@ -250,6 +254,7 @@ def index_paths(
     allowed_roots: list[Path] | None = None,
     engine: str = "local",
     model_dir: Path | None = None,
+    write_guard: AbstractContextManager[Any] | None = None,
 ) -> IndexReport:
     """Index `roots`. With `allowed_roots` (resolved folders), every walked file must resolve inside one
     of them (symlinks are followed only where they stay inside); the others are skipped as `outside-root`.
@@ -257,7 +262,8 @@ def index_paths(
     `engine`: "local" (decode threads and batched inference in this process), or a distributed engine
     (`engine.py`: "local-cluster" or a Dask scheduler address) whose workers run the same `prepare_file`
     and `embed_batch` and build their embedder from `model_dir`; either way this process walks, skips
-    what is stored, and is the one writer."""
+    what is stored, and is the one writer. `write_guard` (re-entered per batch) is held around every write,
+    so batches take turns with uploads from other processes."""
     settings = settings or Settings()
     roots = [Path(r).expanduser() for r in roots]
     started = time.perf_counter()
@@ -289,7 +295,7 @@ def index_paths(
     report.stages["walk"] = time.perf_counter() - started
 
     job = FileJob(settings, group_id, list(tags or []), allowed_roots)
-    writer = _Writer(store, collection, known, report, settings.commit_every)
+    writer = _Writer(store, collection, known, report, settings.commit_every, write_guard)
     if progress:
         progress(0, len(todo))
     if engine == "local":

@@ -109,7 +109,7 @@ class Library:
         self.uploads = UploadStore(self.home / "uploads")
         self._embedders: dict[str, Embedder] = {}
         self._embed_lock = threading.Lock()  # one load per model, however many threads ask at once
-        # uploads, replaces, removes: check-then-write of a collection and its upload files, one at a time
+        # uploads, replaces, removes, index batches: check-then-write of a collection and its files, one at a time
         # across this library's processes (write_lock.py); Busy after settings.write_wait seconds
         self._write_lock = LibraryWriteLock(self.home / "locks", wait=self.settings.write_wait)
         self._thumbs: OrderedDict[tuple[str, int, str, int], bytes] = OrderedDict()
@@ -273,7 +273,7 @@ class Library:
                                  settings=self.settings, prune=prune, group_id=group_id, tags=tags,
                                  index_spec=index_spec, progress=progress, report_dir=self.home / "reports",
                                  refine_progress=refine_progress, allowed_roots=within, engine=engine,
-                                 model_dir=self.model_dir)
+                                 model_dir=self.model_dir, write_guard=self._write_lock)
             self._sync_regions(collection, create=regions is not None, progress=regions_progress)
             return report
         finally:

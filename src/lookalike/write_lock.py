@@ -1,11 +1,11 @@
 """One write at a time per library, across threads and processes (`serve --workers N`, a CLI next to a server).
 
 SQLite already lets one transaction write at a time, but an upload is more than one transaction: check the
-collection, store the bytes, upsert, refresh the refinement of the neighbours. Two of those interleaved from two
-processes would redo each other's refinement, and a stale read between them could replace the wrong row. So
-each such write holds `<library>/locks/writes.lock` (an exclusive `flock`, dropped by the kernel if the process
-dies) and waits at most `wait` seconds for it; a writer that can't get it in time answers Busy (HTTP 503 with
-Retry-After) instead of queueing without bound. Reads never take it.
+collection, store the bytes, upsert, refresh the refinement of the neighbours (index runs hold it per batch). Two
+of those interleaved from two processes would redo each other's refinement, and a stale read between them could
+replace the wrong row. So each such write holds `<library>/locks/writes.lock` (an exclusive `flock`, dropped by the
+kernel if the process dies) and waits at most `wait` seconds for it; a writer that can't get it in time answers
+Busy (HTTP 503 with Retry-After) instead of queueing without bound. Reads never take it.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class LibraryWriteLock:
                 time.sleep(POLL_SECONDS)
 
     def _busy(self) -> Busy:
-        return Busy(f"another write to this library is still running after {self.wait:g} s (an upload, "
+        return Busy(f"another write to this library is still running after {self.wait:g} s (an index batch, upload, "
                     "replace or remove in another request or process); retry shortly", code="write-busy",
                     retry_after=max(1, round(self.wait) or 1))
 

@@ -17,7 +17,7 @@ index for itself, from the plain vectors, streamed from the store in chunks:
 
 The depth, the dimensions and the probes were chosen by measuring whether copies stay among the
 candidates (`bench/copies.py`, `bench/dupes.py`). Memory: the reduced vectors of every picture and
-of its view (2 x N x 256 float32: 200 MB at 100,000), plus one chunk of full vectors.
+of its views (N x 256 float32 each: 100 MB at 100,000), plus one chunk of full vectors.
 """
 
 from __future__ import annotations
@@ -105,11 +105,14 @@ def candidate_pairs(ids: list[int], vectors_of: VectorsOf, params: CandidatePara
                     views_of: VectorsOf | None = None, progress: ProgressFn | None = None,
                     seconds: dict[str, float] | None = None) -> Candidates:
     """Every candidate pair among `ids` (see `CandidateParams`), each once with its best cosine.
-    `views_of(ids)`: more query vectors for those rows (their pictures turned by 90 degrees), zeros
-    where there is none; a view's neighbours are candidates too, scored by the view's cosine.
-    `seconds`, when given, receives the time of each step (projection, read, index, search)."""
+    `views_of(ids)`: more query vectors for those rows (their pictures turned), (rows, dim) or (rows,
+    views per row, dim), zeros where there is none; a view's neighbours are candidates too, scored by
+    the view's cosine.
+    `seconds`, when given, receives the time of each step (projection, read, index, search) and
+    the process's CPU time for all of them (`cpu`)."""
     clock = time.perf_counter
     times = seconds if seconds is not None else {}
+    cpu0 = time.process_time()
     n = len(ids)
     id_array = np.asarray(ids, np.int64)
     if n < 2:
@@ -124,15 +127,19 @@ def candidate_pairs(ids: list[int], vectors_of: VectorsOf, params: CandidatePara
     t0 = clock()
     width = dim if projection is None else projection.shape[1]
     base = np.zeros((n, width), np.float32)
-    views = np.zeros((n, width), np.float32) if views_of is not None else None
-    has_view = np.zeros(n, bool)
+    views: np.ndarray | None = None  # (n, views per row, width)
+    has_view: np.ndarray | None = None
     for start in range(0, n, READ_CHUNK):
         chunk = ids[start:start + READ_CHUNK]
         v = np.asarray(vectors_of(chunk), np.float32)
         base[start:start + len(chunk)] = v if projection is None else v @ projection
-        if views is not None:
-            w = np.asarray(views_of(chunk), np.float32)  # type: ignore[misc]
-            has_view[start:start + len(chunk)] = w.any(axis=1)
+        if views_of is not None:
+            w = np.asarray(views_of(chunk), np.float32)
+            w = w[:, None, :] if w.ndim == 2 else w
+            if views is None:
+                views = np.zeros((n, w.shape[1], width), np.float32)
+                has_view = np.zeros((n, w.shape[1]), bool)
+            has_view[start:start + len(chunk)] = w.any(axis=2)  # type: ignore[index]
             views[start:start + len(chunk)] = w if projection is None else w @ projection
         if progress:
             progress("candidates", min(start + READ_CHUNK, n), 2 * n)  # reading: the first half
@@ -145,9 +152,10 @@ def candidate_pairs(ids: list[int], vectors_of: VectorsOf, params: CandidatePara
     keys, cosines = [], []
     for start in range(0, n, QUERY_CHUNK):
         rows = np.arange(start, min(start + QUERY_CHUNK, n))
-        for queries, present in ((base, None), (views, has_view)):
-            if queries is None:
-                continue
+        lists = [(base, None)]
+        if views is not None and has_view is not None:
+            lists += [(views[:, j], has_view[:, j]) for j in range(views.shape[1])]
+        for queries, present in lists:
             sel = rows if present is None else rows[present[rows]]
             if len(sel):
                 scores, found = index.search(queries[sel], k)
@@ -164,6 +172,7 @@ def candidate_pairs(ids: list[int], vectors_of: VectorsOf, params: CandidatePara
     first[1:] = key[1:] != key[:-1]
     key, cos = key[first], cos[first]
     times["search"] = clock() - t0
+    times["cpu"] = time.process_time() - cpu0
     return Candidates(id_array[key // n], id_array[key % n], cos)
 
 

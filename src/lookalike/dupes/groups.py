@@ -30,8 +30,8 @@ from ..store import ImageRecord, Store
 from . import candidates, verify
 from .decisions import Decisions
 
-DEPTH = 20  # nearest neighbours per image searched for copies (bench/copies.py: depth measured)
-MIN_COSINE = 0.42  # candidates below this cosine (plain or 90-degree view) are not verified...
+DEPTH = 30  # nearest neighbours per image searched for copies (bench/copies.py: depth measured)
+MIN_COSINE = 0.38  # candidates below this cosine (plain or turned view) are not verified...
 NEAR_RANKS, NEAR_MIN_COSINE = 3, 0.3  # ...except among the 3 nearest, down to 0.3 (heavily edited copies)
 CHUNK = 256  # rows whose neighbours are searched at once
 FEATURE_CACHE = 512  # images whose local features are kept in memory (about 0.3 MB each)

@@ -45,6 +45,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 from lookalike import Library
 from lookalike.dupes import groups as G
 from lookalike.dupes import verify as V
+from lookalike.dupes.candidates import REDUCE_ABOVE, REDUCED_DIM, CandidateParams, candidate_pairs
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 NEG_WEIGHT = 2.0
@@ -244,7 +245,8 @@ def fit_calibration(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 # -- one set ---------------------------------------------------------------------------------------
-def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, fit: bool, depth: int) -> dict:
+def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, fit: bool, depth: int,
+            reduce_above: int = REDUCE_ABOVE) -> dict:
     indexed, other, same_pairs = set_files(name)
     r = random.Random(seed)
     picked = r.sample(indexed, min(n_copies, len(indexed)))
@@ -273,7 +275,12 @@ def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, f
     def embed(images: list[Image.Image]) -> np.ndarray:  # in batches: one huge batch holds GBs of activations
         return np.concatenate([embedder.embed_images(images[s:s + 64]) for s in range(0, len(images), 64)])
 
-    qvecs = embed(qimgs)
+    cached = folder / f"vectors-{embedder.name.replace('/', '_')}-{seed}-{len(queries)}.npz"
+    if cached.exists():  # the copies are the same for the same seed: embed them once
+        z = np.load(cached)
+        qvecs, q_turned, ref_turned, q_half, ref_half = (z[k] for k in ("q", "q90", "r90", "q180", "r180"))
+    else:
+        qvecs = embed(qimgs)
     truth = {q: id_of[os.path.abspath(truth_in[q]["original"])] if q in truth_in else None for q in queries}
     # pHash of every indexed picture (8 turns/mirrors) and of the queries (as they are)
     ref_feats: dict[int, V.Features] = {}
@@ -289,11 +296,70 @@ def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, f
     # the candidate stage of `lookalike dupes` also searches with every picture turned by 90 degrees
     # (dupes/cache.py): the copy's view against the originals, and each original's view against the copy
     turn = Image.Transpose.ROTATE_90
-    q_turned = embed([im.transpose(turn) for im in qimgs])
-    ref_turned = np.concatenate([embedder.embed_images([Image.open(path_of[i]).convert("RGB").transpose(turn)
-                                                        for i in id_list[s:s + 64]])
-                                 for s in range(0, len(id_list), 64)])
+    if not cached.exists():
+        def refs_turned(t: Image.Transpose) -> np.ndarray:
+            return np.concatenate([embedder.embed_images([Image.open(path_of[i]).convert("RGB").transpose(t)
+                                                          for i in id_list[s:s + 64]])
+                                   for s in range(0, len(id_list), 64)])
+
+        q_turned = embed([im.transpose(turn) for im in qimgs])
+        ref_turned = refs_turned(turn)
+        q_half = embed([im.transpose(Image.Transpose.ROTATE_180) for im in qimgs])
+        ref_half = refs_turned(Image.Transpose.ROTATE_180)
+        np.savez(cached, q=qvecs, q90=q_turned, r90=ref_turned, q180=q_half, r180=ref_half)
     sims_view = np.maximum(q_turned @ vecs.T, qvecs @ ref_turned.T)
+    # the candidates `lookalike dupes` would verify in a collection holding the indexed pictures and the
+    # copies (dupes/candidates.py: each picture's and each view's nearest neighbours), with the product's
+    # candidate index for this size, and with the PCA-reduced one it uses at scale (--reduce-above 0)
+    copy_ids = [max(id_list) + 1 + qi for qi in range(len(queries))]
+    all_ids = id_list + copy_ids
+    plain_of = dict(zip(all_ids, np.concatenate([vecs, qvecs]), strict=True))
+    view_of = dict(zip(all_ids, np.concatenate([ref_turned, q_turned]), strict=True))
+    query_of = dict(zip(copy_ids, queries, strict=True))
+    ref_ids = set(id_list)
+
+    half_of = dict(zip(all_ids, np.concatenate([ref_half, q_half]), strict=True))
+
+    def candidates_for(reduce_above: int, depth: int = depth, half: bool = True) -> dict[str, dict[int, float]]:
+        """(`dupes` searches with the 90- and the 180-degree views: half=True)"""
+        params = CandidateParams(depth, G.MIN_COSINE, G.NEAR_RANKS, G.NEAR_MIN_COSINE, reduce_above=reduce_above)
+        out: dict[str, dict[int, float]] = {q: {} for q in queries}
+        tables = (view_of, half_of) if half else (view_of,)
+        found = candidate_pairs(all_ids, lambda b: np.stack([plain_of[i] for i in b]), params,
+                                views_of=lambda b: np.stack([np.stack([t[i] for t in tables]) for i in b]))
+        for a, b, cos in zip(found.a.tolist(), found.b.tolist(), found.cosine.tolist(), strict=True):
+            if a in ref_ids and b in query_of:  # copy ids are above every indexed id
+                out[query_of[b]][a] = cos
+        return out
+
+    def label(r: int) -> str:
+        return f"PCA-{REDUCED_DIM}" if len(all_ids) >= r else "full vectors"
+
+    cand_sets: dict[str, dict[str, dict[int, float]]] = {}
+    for r in (reduce_above, 0):
+        if label(r) not in cand_sets:
+            cand_sets[label(r)] = candidates_for(r)
+    cand_recall = {k: float(np.mean([truth[q] in c[q] for q in truth_in])) for k, c in cand_sets.items()}
+    cand_pairs = {k: int(sum(len(v) for v in c.values())) for k, c in cand_sets.items()}
+    chosen = cand_sets[label(reduce_above)]
+    # DISC21's protocol for comparison: each copy a query against the indexed pictures only (as
+    # `search --copies` does), so copies never crowd each other out of the neighbours
+    sims_turned = np.maximum(sims_view, np.maximum(q_half @ vecs.T, qvecs @ ref_half.T))
+    disc = []
+    for qi, q in enumerate(queries[:len(truth_in)]):
+        best = np.maximum(sims[qi], sims_turned[qi])
+        pool = set(np.argsort(-sims[qi])[:depth].tolist()) | set(np.argsort(-sims_turned[qi])[:depth].tolist())
+        j = id_list.index(truth[q])
+        disc.append(j in pool and best[j] >= G.MIN_COSINE)
+    cand_recall["queries against the indexed pictures only (DISC21)"] = float(np.mean(disc))
+    # what other depths (and a 180-degree view besides the 90-degree one) would keep, without verifying
+    sweep = {}
+    for d in (10, 20, 30, 50, 80):
+        for half in (False, True):
+            c = candidates_for(reduce_above, d, half)
+            sweep[f"depth {d}, {'90 + 180' if half else '90'}-degree views"] = {
+                "recall": float(np.mean([truth[q] in c[q] for q in truth_in])),
+                "pairs per query": float(np.mean([len(v) for v in c.values()]))}
     preds_ph, preds_emb, preds_ll = {}, {}, {}
     ranks, verify_s, verified, X, y, deep, extra_X = [], 0.0, 0, [], [], [], []
     view_ranks: list[int] = []
@@ -313,16 +379,11 @@ def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, f
         preds_emb[q] = [(id_list[j], float(sims[qi, j])) for j in order[:10]]
         if truth[q] is not None:
             ranks.append(int(np.nonzero(np.array(id_list)[order] == truth[q])[0][0]) + 1)
-        best = np.maximum(sims[qi], sims_view[qi])
-        vorder = np.argsort(-sims_view[qi])
-        near = set(order[:G.NEAR_RANKS].tolist()) | set(vorder[:G.NEAR_RANKS].tolist())
-        pool = set(order[:depth].tolist()) | set(vorder[:depth].tolist())
-        cands = [(id_list[j], float(best[j])) for j in sorted(pool, key=lambda j: -best[j])
-                 if best[j] >= G.MIN_COSINE or (j in near and best[j] >= G.NEAR_MIN_COSINE)]
+        cands = sorted(chosen[q].items(), key=lambda t: -t[1])
         if truth[q] is not None:
             j = id_list.index(truth[q])
             view_ranks.append(min(ranks[-1], int((sims_view[qi] > sims_view[qi, j]).sum()) + 1))
-            true_cos.append(float(best[j]))
+            true_cos.append(float(max(sims[qi, j], sims_view[qi, j])))
         if truth[q] is not None and truth[q] not in {c for c, _ in cands}:
             deep.append((q, view_ranks[-1], round(true_cos[-1], 3), truth_in[q]["edits"]))
             if fit:  # the calibration also learns from copies the candidates missed (not scored as found)
@@ -359,7 +420,9 @@ def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, f
              neg_names=np.array(neg_names),
              neg=np.array([V.evidence_vector(c) for c in neg_c]).reshape(-1, 7))
     result: dict = {"set": name, "indexed": len(indexed), "queries": len(queries), "copies of indexed": len(truth_in),
-                    "index_s": index_s, "verified_pairs": verified,
+                    "index_s": index_s, "verified_pairs": verified, "candidate_recall": cand_recall,
+                    "candidate_pairs_per_config": cand_pairs, "candidate_sweep": sweep,
+                    "verified_config": label(reduce_above),
                     "verify_ms_per_pair": 1000 * verify_s / max(1, verified), "extract_ms_per_image": extract_ms,
                     "originals_deeper_than_depth": deep,
                     "rank_of_original": {"p50": float(np.percentile(ranks, 50)), "p95": float(np.percentile(ranks, 95)),
@@ -392,6 +455,16 @@ def run_set(name: str, work: Path, n_copies: int, n_unindexed: int, seed: int, f
     result["methods"] = [summarise("pHash alone", preds_ph, truth, 1 - 10 / 64, same_ph),
                          summarise("embedding cosine alone", preds_emb, truth, 0.95, same_emb),
                          summarise("lookalike (candidates + verification)", preds_ll, truth, V.DUPLICATE_AT, same_ll)]
+    per_edit: dict[str, list[int]] = {}  # edit -> [copies, lookalike top-1 right, original a candidate]
+    for q in truth_in:
+        top = max(preds_ll[q], key=lambda t: t[1]) if preds_ll[q] else (None, 0.0)
+        for e in truth_in[q]["edits"][:-1]:
+            row = per_edit.setdefault(e, [0, 0, 0])
+            row[0] += 1
+            row[1] += top[0] == truth[q]
+            row[2] += truth[q] in chosen[q]
+    result["per_edit"] = {e: {"copies": c, "recall@1": r / c, "candidate_recall": k / c}
+                          for e, (c, r, k) in sorted(per_edit.items())}
     misses = [(q, truth_in[q]["edits"]) for q in truth_in
               if not preds_ll[q] or max(preds_ll[q], key=lambda t: t[1])[0] != truth[q]
               or max(s for _, s in preds_ll[q]) < V.DUPLICATE_AT]
@@ -410,12 +483,15 @@ def main() -> None:
     ap.add_argument("--unindexed", type=int, default=100)
     ap.add_argument("--seed", type=int, default=15)
     ap.add_argument("--depth", type=int, default=G.DEPTH)
+    ap.add_argument("--reduce-above", type=int, default=REDUCE_ABOVE,
+                    help="verify the candidates of the PCA-reduced index from this many pictures on (0: always)")
     ap.add_argument("--fit", action="store_true", help="refit the score calibration on the (first) set")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     results = []
     for name in args.sets.split(","):
-        res = run_set(name, Path(args.work), args.copies, args.unindexed, args.seed, args.fit, args.depth)
+        res = run_set(name, Path(args.work), args.copies, args.unindexed, args.seed, args.fit, args.depth,
+                      args.reduce_above)
         results.append(res)
         print(f"\n### {name}: {res['indexed']} indexed, {res['queries']} queries "
               f"({res['copies of indexed']} copies of indexed pictures)\n")
@@ -429,10 +505,17 @@ def main() -> None:
         print(f"\nrank of the original among embedding neighbours: {json.dumps(res['rank_of_original'])}")
         print(f"... with the 90-degree views: {json.dumps(res['rank_with_turned_views'])}; best cosine of the "
               f"copy pairs: {json.dumps(res['cosine_of_copy_pairs'])}")
+        print("originals among the candidates (copies of indexed pictures): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in res["candidate_recall"].items()) + " (the first one is verified)")
         print(f"verification: {res['verified_pairs']} pairs, {res['verify_ms_per_pair']:.1f} ms/pair, plus "
               f"{res['extract_ms_per_image']:.1f} ms/picture for its features (cached); "
               "copies of non-indexed pictures called duplicate: "
               f"{res['unindexed_copies_called_duplicate']}")
+        print("candidates by depth: " + "; ".join(f"{k}: recall {v['recall']:.3f}, {v['pairs per query']:.1f} "
+                                                  "pairs/query" for k, v in res["candidate_sweep"].items()))
+        print("\n| edit (copies with it) | lookalike recall@1 | original among the candidates |\n|---|---|---|")
+        for e, v in res["per_edit"].items():
+            print(f"| {e} ({v['copies']}) | {v['recall@1']:.3f} | {v['candidate_recall']:.3f} |")
         if res.get("fit"):
             print(f"fitted calibration: COEF = {res['fit']['COEF']}, INTERCEPT = {res['fit']['INTERCEPT']}")
         if res["originals_deeper_than_depth"]:

@@ -1,15 +1,18 @@
 """Grouping cost of `lookalike dupes` at scale, and the verification cost per candidate pair.
 
-    python bench/dupes.py [--n 100000] [--dim 2304]     # synthetic vectors: grouping time
-    python bench/dupes.py --pairs 300                     # real photos: verification ms per pair
+    python bench/dupes.py [--n 100000] [--dim 2304]     # grouping time per stage, then verification cost
+    python bench/dupes.py --skip-grouping --pairs 300     # real photos only: verification ms per pair
 
 1. Grouping (embedding and verification excluded): a collection of `--n` clustered unit vectors (as in
-   bench/search_latency.py) in the embedded store with its automatic index (IVF above 50k), 1% of
-   rows sharing another row's content hash (exact duplicates) and 2% near-copies of another row's
-   vector. `find_groups` runs its whole pipeline (content-hash pass, k-NN candidates through
-   `Store.search` in chunks, plain-cosine re-scoring, union-find, groups), with the verifier replaced
-   by a constant-time stand-in (cosine >= 0.9 is a copy) and no picture loaded. Prints the time per
-   stage and the peak memory of the process.
+   bench/search_latency.py) in the embedded store, each with a "90-degree view" vector (another
+   clustered draw, far from it, as real views are) in the views cache `Library.dupes` reads
+   (dupes/cache.py); 1% of rows share another row's content hash (exact duplicates) and 2% are
+   near-copies of another row: half of its vector, half of its view (a copy turned sideways, found
+   only through the view). `find_groups` runs its whole pipeline (content-hash pass; candidates:
+   projection learned, vectors and views streamed from the store and the cache, the candidate index
+   built, k-NN of every vector and view (candidates.py); union-find, groups), with the verifier
+   replaced by a constant-time stand-in (cosine >= 0.9 is a copy) and no picture loaded. Prints the
+   time per stage, the share of planted near-copies among the candidates, and the peak memory.
 2. Verification: `--pairs` (copy, original) and same-object pairs of UKBench photos; the time to
    extract one picture's features (SIFT, once per picture and cached) and to verify one pair from
    cached features, on one core.
@@ -22,7 +25,6 @@ import hashlib
 import os
 import random
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,38 +32,76 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_latency import clustered  # noqa: E402
-
-from lookalike.dupes import find_groups, verify  # noqa: E402
-from lookalike.dupes import groups as G  # noqa: E402
-from lookalike.store import ImageRecord, open_store  # noqa: E402
+from lookalike.dupes import candidates as C
+from lookalike.dupes import groups as G
+from lookalike.dupes import verify
+from lookalike.dupes.cache import TURNS, TurnedVectors
+from lookalike.store import ImageRecord, open_store
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
-def grouping(n: int, dim: int, depth: int) -> None:
+def embedding_like(n: int, dim: int, seed: int, alpha: float = 1.1) -> np.ndarray:
+    """Clustered unit vectors (as bench/search_latency.py's) with the decaying spectrum of real embeddings:
+    variance i^-alpha along axis i; alpha 1.1 puts 71% / 79% / 86% of the energy in the top 128 / 256 / 512
+    dimensions (the default model's vectors of the shared sets: 69% / 79% / 89%). Made in chunks."""
+    rng = np.random.default_rng(seed)
+    scale = (np.arange(1, dim + 1, dtype=np.float32) ** (-alpha / 2)).astype(np.float32)
+    centres = rng.standard_normal((max(1, n // 50), dim), dtype=np.float32) * scale
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 10_000):
+        m = min(n, start + 10_000) - start
+        x = centres[rng.integers(0, len(centres), m)] + 0.6 * rng.standard_normal((m, dim), dtype=np.float32) * scale
+        out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def grouping(n: int, dim: int, depth: int, views: bool) -> float:
     rng = np.random.default_rng(3)
-    vecs = clustered(n, dim, 0)
-    copies = rng.choice(n, n // 50, replace=False)
-    sources = rng.integers(0, n, len(copies))
-    vecs[copies] = vecs[sources] + 0.02 * rng.normal(size=(len(copies), dim)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]
     for i in rng.choice(n, n // 100, replace=False):
         hashes[i] = hashes[(i + 1) % n]
+    vecs = embedding_like(n, dim, 0)
+    # near-copies of rows that are not copies themselves: half as they are, half turned by 90 degrees
+    order = rng.permutation(n)
+    planted, sources = order[:n // 50], order[n // 50:n // 25]
+    sideways = np.arange(len(planted)) % 2 == 1 if views else np.zeros(len(planted), bool)
+    noise = (0.3 / np.sqrt(dim)) * rng.standard_normal((len(planted), dim), dtype=np.float32)  # cosine ~0.95
     with tempfile.TemporaryDirectory() as home:
+        t0 = time.perf_counter()
+        cache = TurnedVectors.of_library(home)
+        keys = [("synthetic" if degrees == 90 else f"synthetic@{degrees}") for degrees, _ in TURNS] if views else []
+        for seed, key in enumerate(keys, 1):  # each picture's views: far from its vector, as real ones are
+            turned = embedding_like(n, dim, seed)
+            if seed == 1:
+                vecs[planted[sideways]] = turned[sources[sideways]]
+            for i in range(0, n, 5000):
+                cache.put(key, {hashes[j]: turned[j] for j in range(i, min(n, i + 5000))})
+            del turned
+        vecs[planted[~sideways]] = vecs[sources[~sideways]]
+        vecs[planted] += noise
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
         store = open_store(Path(home))
         store.create_collection("b", "synthetic", dim)
-        t0 = time.perf_counter()
         for i in range(0, n, 5000):
             store.upsert("b", [ImageRecord(path=f"/synthetic/{j}.jpg", content_hash=hashes[j])
                                for j in range(i, min(n, i + 5000))], vecs[i:i + 5000])
-        store.index_for("b")
         store.flush()
         fill_s = time.perf_counter() - t0
+        ids_in_order = sorted(store.find_ids("b"))
+        pos_of = {r.id: int(r.path.rsplit("/", 1)[1][:-4]) for r in store.get("b", ids_in_order)}
         del vecs
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+        def extra_views(ids: list[int]) -> np.ndarray:  # Library._turned_views, minus the embedding
+            hs = [r.content_hash for r in store.get("b", ids)]
+            out = np.zeros((len(ids), len(keys), dim), np.float32)
+            for col, key in enumerate(keys):
+                known = cache.get(key, hs)
+                for row, h in enumerate(hs):
+                    if h in known:
+                        out[row, col] = known[h]
+            return out
 
         sentinel = object()
         real_extract = G.verify.extract
@@ -72,30 +112,57 @@ def grouping(n: int, dim: int, depth: int) -> None:
             return verify.Comparison(score=cos if ok else 0.0, verdict="duplicate" if ok else "different",
                                      check="stand-in", cosine=cos)
 
+        found: set[tuple[int, int]] = set()
+        real_pairs = G.candidate_pairs
+
+        def keep_pairs(*a, **kw):  # noqa: ANN002, ANN003, ANN202 - records the candidates for the recall
+            c = real_pairs(*a, **kw)
+            found.update(zip((pos_of[int(x)] for x in c.a), (pos_of[int(y)] for y in c.b), strict=True))
+            return c
+
+        G.candidate_pairs = keep_pairs
         try:
             t0, c0 = time.perf_counter(), time.process_time()
-            report = find_groups(store, "b", lambda r: sentinel, depth=depth, compare_fn=stand_in)  # type: ignore
+            report = G.find_groups(store, "b", lambda r: sentinel, depth=depth, compare_fn=stand_in,  # type: ignore
+                                   extra_views=extra_views if views else None)
             total, cpu = time.perf_counter() - t0, time.process_time() - c0
         finally:
             G.verify.extract = real_extract
-        info = store.collection("b")
+            G.candidate_pairs = real_pairs
+        cache.close()
         store.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     s = report.seconds
-    print(f"{n} vectors x {dim} dims ({info.index_type}), stored in {fill_s:.0f} s; depth {depth}")
+    hits = [(min(int(a), int(b)), max(int(a), int(b))) in found for a, b in zip(planted, sources, strict=True)]
+    hits_arr = np.array(hits)
+    print(f"{n} vectors x {dim} dims, stored in {fill_s:.0f} s; "
+          f"depth {depth}, turned views: {len(keys)} per picture; candidate index: "
+          f"{f'PCA-{C.REDUCED_DIM}' if n >= C.REDUCE_ABOVE else 'full vectors'}, "
+          f"{f'IVF, nprobe {C.NPROBE}' if n >= C.IVF_ABOVE else 'exact'}")
     print("| stage | seconds |")
     print("|---|---|")
-    for k in ("exact", "candidates", "verify", "group"):
-        print(f"| {k} | {s.get(k, 0):.1f} |")
-    print(f"| **total (embedding and verification excluded)** | **{total:.1f}** |")
-    print(f"\nCPU time of the process for the grouping: {cpu:.1f} s (all threads; load average at the end "
+    for k, label in (("exact", "exact duplicates (content hashes)"),
+                     ("candidates.projection", "candidates: learn the projection"),
+                     ("candidates.read", "candidates: read + project vectors and views"),
+                     ("candidates.index", "candidates: build the index"),
+                     ("candidates.search", "candidates: k-NN of every vector and view, pairs"),
+                     ("verify", "verification loop (stand-in verifier)"), ("group", "union-find + groups")):
+        print(f"| {label} | {s.get(k, 0):.1f} |")
+    print(f"| total, the stand-in verification loop included | {total:.1f} |")
+    print(f"| **total (embedding and verification excluded)** | **{total - s.get('verify', 0):.1f}** |")
+    print(f"\nCPU time of the process for the grouping: {cpu:.1f} s, of which the candidates "
+          f"{s.get('candidates.cpu', 0):.1f} s (all threads; load average at the end "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    turned_share = hits_arr[sideways].mean() if sideways.any() else 0.0
+    print(f"planted near-copies among the candidates: {hits_arr.mean():.4f} ({hits_arr.sum()} of {len(hits)}; "
+          f"as they are {hits_arr[~sideways].mean():.4f}, turned {turned_share:.4f})")
     print(f"\n{report.candidate_pairs} candidate pairs, {report.verified_pairs} checked by the stand-in, "
           f"{report.exact_pairs} exact pairs, {len(report.groups)} groups; peak RSS {peak:.0f} MiB "
           f"(after filling the store: {rss_before:.0f} MiB)")
+    return report.candidate_pairs / n
 
 
-def verification(n_pairs: int) -> None:
+def verification(n_pairs: int) -> tuple[float, float]:
     files = sorted((DATASETS / "ukbench_first1000").glob("ukbench*.jpg"))
     r = random.Random(5)
     pairs = []
@@ -119,6 +186,7 @@ def verification(n_pairs: int) -> None:
           f"another photo of the object): {extract_ms:.1f} ms of CPU per picture to extract features (once, cached), "
           f"{pair_ms:.1f} ms of CPU per pair from cached features; copies verified {copies:.0%}, other photos "
           f"called copies {others:.0%}")
+    return extract_ms, pair_ms
 
 
 def main() -> None:
@@ -128,11 +196,19 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=G.DEPTH)
     ap.add_argument("--pairs", type=int, default=200)
     ap.add_argument("--skip-grouping", action="store_true")
+    ap.add_argument("--no-views", action="store_true", help="search without the 90-degree views")
     args = ap.parse_args()
+    per_picture = None
     if not args.skip_grouping:
-        grouping(args.n, args.dim, args.depth)
+        per_picture = grouping(args.n, args.dim, args.depth, not args.no_views)
     if args.pairs:
-        verification(args.pairs)
+        extract_ms, pair_ms = verification(args.pairs)
+        if per_picture is not None:
+            print(f"so verifying these {args.n} pictures' candidates would cost about {args.n} x {extract_ms:.0f} ms + "
+                  f"{per_picture * args.n:.0f} pairs x {pair_ms:.1f} ms = "
+                  f"{(args.n * extract_ms + per_picture * args.n * pair_ms) / 1000 / 3600:.1f} CPU hours "
+                  "(real collections have fewer pairs per picture than these dense synthetic clusters: 9-23 "
+                  "in bench/copies.py)")
 
 
 if __name__ == "__main__":

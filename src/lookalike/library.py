@@ -659,31 +659,39 @@ class Library:
                                decisions=decisions, progress=progress, extra_views=views)
 
     def _turned_views(self, collection: str, cache: Any) -> Any:
-        """ids -> the vectors of their pictures turned by 90 degrees (dupes/cache.py), zeros where a
-        picture can't be read; embedded once per content hash and model, then cached."""
+        """ids -> the vectors of their pictures turned by 90 and by 180 degrees, (ids, 2, dim)
+        (dupes/cache.py), zeros where a picture can't be read; embedded once per content hash and
+        model, then cached. Pictures are decoded and embedded 32 at a time (bounded memory)."""
+        from .dupes.cache import TURNS
+
         embedder = self.collection_embedder(collection)
+        keys = [embedder.name if degrees == 90 else f"{embedder.name}@{degrees}" for degrees, _ in TURNS]
 
         def views(ids: list[int]) -> np.ndarray:
             records = {r.id: r for r in self.store.get(collection, ids)}
             hashes = [records[i].content_hash if i in records else "" for i in ids]
-            known = cache.get(embedder.name, [h for h in hashes if h])
-            todo = {h: records[i] for i, h in zip(ids, hashes, strict=True) if h and h not in known}
-            pictures: dict[str, Image.Image] = {}
-            for h, r in todo.items():
-                with suppress(LookalikeError, OSError):
-                    pictures[h] = self._record_picture(r).transpose(Image.Transpose.ROTATE_90)
-            keys = list(pictures)
-            new: dict[str, np.ndarray] = {}
-            for start in range(0, len(keys), 32):
-                batch = keys[start:start + 32]
-                new.update(zip(batch, embedder.embed_images([pictures[h] for h in batch]), strict=True))
-            if new:
-                cache.put(embedder.name, new)
-            known.update(new)
-            out = np.zeros((len(ids), embedder.dim), np.float32)
+            wanted = [h for h in hashes if h]
+            known = [cache.get(key, wanted) for key in keys]
+            todo = [(h, records[i]) for h, i in dict(zip(hashes, ids, strict=True)).items()
+                    if h and any(h not in k for k in known)]
+            for start in range(0, len(todo), 32):
+                pictures: dict[str, Image.Image] = {}
+                for h, r in todo[start:start + 32]:
+                    with suppress(LookalikeError, OSError):
+                        pictures[h] = self._record_picture(r)
+                if not pictures:
+                    continue
+                batch = list(pictures)
+                for key, (_, turn), got in zip(keys, TURNS, known, strict=True):
+                    new = dict(zip(batch, embedder.embed_images([pictures[h].transpose(turn) for h in batch]),
+                                   strict=True))
+                    cache.put(key, new)
+                    got.update(new)
+            out = np.zeros((len(ids), len(keys), embedder.dim), np.float32)
             for row, h in enumerate(hashes):
-                if h in known:
-                    out[row] = known[h]
+                for col, got in enumerate(known):
+                    if h in got:
+                        out[row, col] = got[h]
             return out
 
         return views
@@ -784,7 +792,7 @@ class Library:
                flt: Filter | None = None, limits: Limits | None = None) -> list[CopyHit]:
         """Only the indexed images verified as copies of `query`, best first; `score` is the copy
         confidence in [0, 1]. Candidates: the query's nearest neighbours by plain cosine (searched
-        with the picture as it is and turned by 90 and 270 degrees, so sideways copies are among them)."""
+        with the picture as it is and turned by 90, 180 and 270 degrees, so turned copies are among them)."""
         from .dupes import FeatureCache, copies_of, verify
         from .dupes.groups import DEPTH, MIN_COSINE, CopyHit
 
@@ -800,8 +808,8 @@ class Library:
             vector = embedder.embed_images([picture])[0]
         depth = max(DEPTH, k)
         candidates: dict[int, float] = {}
-        turned = embedder.embed_images([picture.transpose(Image.Transpose.ROTATE_90),
-                                        picture.transpose(Image.Transpose.ROTATE_270)])
+        turned = embedder.embed_images([picture.transpose(t) for t in (
+            Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)])
         for v in (vector, *turned):
             for hit in nearest(self.store, collection, v, depth, flt=flt,
                                exclude_ids={query} if isinstance(query, int) else None):

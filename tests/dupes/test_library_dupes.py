@@ -142,3 +142,31 @@ def test_http_dupes_job_and_copies_search(lib_and_folder, copies) -> None:
         results = r.json()["results"]
         assert results and all(0.5 <= x["score"] <= 1 and "copy" in x for x in results)
         assert Path(results[0]["path"]).name in {original.name, copy.name}
+
+
+def test_turned_views_are_cached_and_the_180_degree_view_finds_an_upside_down_copy(lib_and_folder, originals,
+                                                                                    tmp_path: Path) -> None:
+    """`dupes` searches with each picture's 90- and 180-degree views (dupes/cache.py): the original's
+    180-degree view lies next to a copy turned upside down, however far the upright vectors are."""
+    import numpy as np
+    from PIL import Image
+
+    from lookalike.dupes.cache import TurnedVectors
+
+    lib, _ = lib_and_folder
+    upside_down = tmp_path / "upside_down.jpg"
+    im = Image.open(originals[13]).convert("RGB")
+    w, h = im.size
+    im.rotate(180).crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(upside_down, quality=70)
+    lib.index([originals[13], upside_down], "turned")
+    ids = sorted(lib.store.find_ids("turned"))
+    by_name = {Path(r.path).name: r for r in lib.store.get("turned", ids)}
+    orig, copy = by_name[originals[13].name], by_name["upside_down.jpg"]
+    with TurnedVectors(tmp_path / "cache.sqlite") as cache:
+        views = lib._turned_views("turned", cache)([orig.id, copy.id])
+        assert views.shape[:2] == (2, 2) and np.all(np.abs(np.linalg.norm(views, axis=2) - 1) < 1e-3)
+        name = lib.collection_embedder("turned").name
+        assert set(cache.get(f"{name}@180", [orig.content_hash, copy.content_hash])) == {orig.content_hash,
+                                                                                          copy.content_hash}
+    plain = lib.store.vectors("turned", [orig.id, copy.id])
+    assert float(views[0, 1] @ plain[1]) > max(float(plain[0] @ plain[1]) + 0.05, 0.85)

@@ -1,10 +1,11 @@
-"""Vectors of indexed pictures turned by 90 degrees, cached by (model, content hash).
+"""Vectors of indexed pictures turned by 90 and 180 degrees, cached by (model, content hash).
 
 CNN embeddings of a picture and of the same picture turned sideways are far apart (cosine often
 under 0.5), so a copy stored sideways is rarely among its original's nearest neighbours. `dupes`
 also searches the index with every picture's 90-degree view: for a copy turned by +90 the original's
-view finds it, for -90 the copy's view finds the original. The views cost one embedding per picture,
-once: they are kept here (`<library>/dupes-cache.sqlite`), keyed by content hash so renames and
+view finds it, for -90 the copy's view finds the original; a copy turned by 180 degrees is found by
+the original's 180-degree view (measured: bench/copies.py). The views cost two embeddings per
+picture, once: they are kept here (`<library>/dupes-cache.sqlite`), keyed by content hash so renames and
 re-indexing keep them.
 """
 
@@ -14,6 +15,11 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+# (degrees, transpose) of the cached views; the 90-degree one is stored under the model's name, the
+# others under "<model>@<degrees>"
+TURNS = ((90, Image.Transpose.ROTATE_90), (180, Image.Transpose.ROTATE_180))
 
 
 class TurnedVectors:

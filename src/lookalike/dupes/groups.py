@@ -3,8 +3,8 @@
     report = find_groups(store, "photos", load_image)        # -> DupesReport (groups with evidence)
 
 1. Exact duplicates: rows with the same content hash (sha256 of the bytes) join at no cost.
-2. Candidates: every row's `depth` nearest neighbours through the collection's own index
-   (`Store.search`, queries read `chunk` rows at a time, so memory stays bounded), searched with the
+2. Candidates: every row's `depth` nearest neighbours through an index built for the all-pairs pass
+   (candidates.py: PCA-reduced vectors at scale; vectors streamed in chunks), searched with the
    row's vector and (when given) its picture's 90-degree view, scored by plain cosine and kept when
    at least `min_cosine` (among the `NEAR_RANKS` nearest: `NEAR_MIN_COSINE`). The depth and the
    thresholds were measured on edited copies (`bench/copies.py`).
@@ -25,14 +25,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..refine import RefineParams
 from ..search import Hit
 from ..store import ImageRecord, Store
-from . import verify
+from . import candidates, verify
 from .decisions import Decisions
 
-DEPTH = 20  # nearest neighbours per image searched for copies (bench/copies.py: depth measured)
-MIN_COSINE = 0.42  # candidates below this cosine (plain or 90-degree view) are not verified...
+DEPTH = 30  # nearest neighbours per image searched for copies (bench/copies.py: depth measured)
+MIN_COSINE = 0.38  # candidates below this cosine (plain or turned view) are not verified...
 NEAR_RANKS, NEAR_MIN_COSINE = 3, 0.3  # ...except among the 3 nearest, down to 0.3 (heavily edited copies)
 CHUNK = 256  # rows whose neighbours are searched at once
 FEATURE_CACHE = 512  # images whose local features are kept in memory (about 0.3 MB each)
@@ -173,27 +172,24 @@ class FeatureCache:
 
 def candidate_pairs(store: Store, collection: str, ids: list[int], *, depth: int = DEPTH,
                     min_cosine: float = MIN_COSINE, chunk: int = CHUNK, progress: ProgressFn | None = None,
-                    extra_views: ExtraViews | None = None) -> dict[tuple[int, int], float]:
-    """(smaller id, larger id) -> plain cosine of every pair where one is among the other's `depth`
-    nearest neighbours (through the store's index) and the cosine is at least `min_cosine`.
+                    extra_views: ExtraViews | None = None, seconds: dict[str, float] | None = None,
+                    reduce_above: int = candidates.REDUCE_ABOVE) -> candidates.Candidates:
+    """Every pair where one is among the other's `depth` nearest neighbours and the cosine is at least
+    `min_cosine` (among the `NEAR_RANKS` nearest: `NEAR_MIN_COSINE`), with that cosine.
     `extra_views(ids)`, if given, returns more query vectors for those rows (e.g. their pictures
     turned by 90 degrees: cache.py), one row each (zeros: none); their neighbours are candidates too,
-    scored by the view's cosine."""
-    metric, settings = store.collection_settings(collection)
-    # the index holds augmented vectors where database-side augmentation is on: re-score with plain ones
-    rescore = metric == "cosine" and RefineParams.from_settings(metric, settings).dba_k > 0
+    scored by the view's cosine. Cosine collections: through an index of the plain vectors built for
+    the all-pairs pass (candidates.py); others: through the collection's own index."""
+    metric, _ = store.collection_settings(collection)
+    if metric == "cosine":
+        params = candidates.CandidateParams(depth, min_cosine, NEAR_RANKS, NEAR_MIN_COSINE, reduce_above=reduce_above)
+        return candidates.candidate_pairs(ids, lambda batch: store.vectors(collection, batch), params,
+                                          views_of=extra_views, progress=progress, seconds=seconds)
     pairs: dict[tuple[int, int], float] = {}
     k = min(depth + 1, max(1, len(ids)))
     for start in range(0, len(ids), chunk):
         batch = ids[start:start + chunk]
-        vecs = store.vectors(collection, batch)
-        scores, found = store.search(collection, vecs, k)
-        plain: dict[int, np.ndarray] = {}
-        if rescore:
-            plain = dict(zip(batch, vecs, strict=True))
-            neighbours = sorted({int(j) for j in found.ravel() if j >= 0} - set(batch))
-            if neighbours:
-                plain.update(zip(neighbours, store.vectors(collection, neighbours), strict=True))
+        scores, found = store.search(collection, store.vectors(collection, batch), k)
         for row, qid in enumerate(batch):
             rank = 0
             for col in range(found.shape[1]):
@@ -202,35 +198,14 @@ def candidate_pairs(store: Store, collection: str, ids: list[int], *, depth: int
                     continue
                 rank += 1
                 key = (qid, j) if qid < j else (j, qid)
-                if key in pairs:
-                    continue
-                cos = float(np.dot(plain[qid], plain[j])) if rescore else float(scores[row, col])
-                if cos >= min_cosine or (rank <= NEAR_RANKS and cos >= NEAR_MIN_COSINE):
+                cos = float(scores[row, col])
+                if key not in pairs and (cos >= min_cosine or (rank <= NEAR_RANKS and cos >= NEAR_MIN_COSINE)):
                     pairs[key] = cos
-        views = extra_views(batch) if extra_views is not None else None
-        if views is not None and len(views):
-            vscores, vfound = store.search(collection, views, k)
-            if rescore:
-                missing = sorted({int(j) for j in vfound.ravel() if j >= 0} - set(plain))
-                if missing:
-                    plain.update(zip(missing, store.vectors(collection, missing), strict=True))
-            for row, qid in enumerate(batch):
-                if not views[row].any():
-                    continue
-                rank = 0
-                for col in range(vfound.shape[1]):
-                    j = int(vfound[row, col])
-                    if j < 0 or j == qid:
-                        continue
-                    rank += 1
-                    cos = float(np.dot(views[row], plain[j])) if rescore else float(vscores[row, col])
-                    key = (qid, j) if qid < j else (j, qid)
-                    if (cos >= min_cosine or (rank <= NEAR_RANKS and cos >= NEAR_MIN_COSINE)) \
-                            and cos > pairs.get(key, -1.0):
-                        pairs[key] = cos
         if progress:
             progress("candidates", min(start + chunk, len(ids)), len(ids))
-    return pairs
+    keys = sorted(pairs)
+    return candidates.Candidates(np.array([a for a, _ in keys], np.int64), np.array([b for _, b in keys], np.int64),
+                                 np.array([pairs[k] for k in keys], np.float32))
 
 
 def find_groups(store: Store, collection: str, load_image: LoadImage, *, depth: int = DEPTH,
@@ -263,16 +238,20 @@ def find_groups(store: Store, collection: str, load_image: LoadImage, *, depth: 
 
     if verify_pairs and len(ids) > 1:
         t0 = time.perf_counter()
+        steps: dict[str, float] = {}
         pairs = candidate_pairs(store, collection, ids, depth=depth, min_cosine=min_cosine, chunk=chunk,
-                                progress=progress, extra_views=extra_views)
+                                progress=progress, extra_views=extra_views, seconds=steps)
         report.candidate_pairs = len(pairs)
         report.seconds["candidates"] = time.perf_counter() - t0
+        report.seconds.update({f"candidates.{k}": v for k, v in steps.items()})
         t0 = time.perf_counter()
         cache = FeatureCache(records.__getitem__, load_image)
         # picture by picture (its features stay cached), strongest candidate first
-        order = sorted(pairs.items(), key=lambda kv: (kv[0][0], -kv[1]))
+        order = np.lexsort((-pairs.cosine, pairs.a))
         compare = compare_fn or (lambda fa, fb, cos: verify.compare_features(fa, fb, cosine=cos))
-        for n, ((a, b), cos) in enumerate(order, 1):
+        total = len(order)
+        for n, p in enumerate(order.tolist(), 1):
+            a, b, cos = int(pairs.a[p]), int(pairs.b[p]), float(pairs.cosine[p])
             if uf.find(a) != uf.find(b) and uf.can_join(a, b):
                 fa, fb = cache.get(a), cache.get(b)
                 if fa is not None and fb is not None:
@@ -280,8 +259,8 @@ def find_groups(store: Store, collection: str, load_image: LoadImage, *, depth: 
                     report.verified_pairs += 1
                     if c.is_copy and uf.union(a, b):
                         evidence.append(Evidence(a, b, c))
-            if progress and (n % 50 == 0 or n == len(order)):
-                progress("verifying", n, len(order))
+            if progress and (n % 50 == 0 or n == total):
+                progress("verifying", n, total)
         report.skipped = sorted(cache.failed.items())
         report.seconds["verify"] = time.perf_counter() - t0
 

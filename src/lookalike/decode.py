@@ -352,10 +352,11 @@ def decode(
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
         cost = _decode_cost(img, draft_size)
-        transposed = img.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)  # turned a quarter: sides swap
-        upright_size = (height, width) if transposed else (width, height)
         with MEMORY.hold(cost, wait):
             img.load()
+            # after load: a PNG's getexif() loads the whole picture itself (its eXIf chunk may follow the pixels)
+            transposed = img.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)  # turned a quarter: sides swap
+            upright_size = (height, width) if transposed else (width, height)
             reduced = _reduce_big(img, draft_size)
             img = reduced if reduced is not None else (ImageOps.exif_transpose(img) or img)
             out = to_rgb(img)

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from ...config import DEFAULT_COLLECTION
-from ...names import COLLECTION_NAME, MAX_IMAGE_ID, MAX_SPEC, MAX_TEXT
+from ...names import COLLECTION_NAME, COLLECTION_NAME_RE, MAX_IMAGE_ID, MAX_SPEC, MAX_TEXT
 from ..errors import ApiError, error_responses
 from ..params import bool_param, int_param, search_filter
 from ..state import ServiceState, service
@@ -98,6 +98,7 @@ async def _request_params(request: Request, max_bytes: int) -> tuple[dict[str, A
     params: dict[str, Any] = {k: v for k, v in request.query_params.items()}
     params["tags"] = request.query_params.getlist("tag") + request.query_params.getlist("tags")
     params["where"] = request.query_params.getlist("where")
+    _check_collection(params.get("collection"))  # also when the body names another one
     image: bytes | None = None
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
@@ -148,7 +149,14 @@ async def _request_params(request: Request, max_bytes: int) -> tuple[dict[str, A
                        f"send multipart/form-data (field `file`), an image body, or JSON, not {ctype}")
     if "group" in params and "group_id" not in params:
         params["group_id"] = params["group"]
+    _check_collection(params.get("collection"))
     return params, image
+
+
+def _check_collection(name: Any) -> None:
+    if name not in (None, "") and not (isinstance(name, str) and COLLECTION_NAME_RE.match(name)):
+        raise ApiError(422, "bad-parameter", f"collection {str(name)[:80]!r} is not a collection name: "
+                       "use 1-64 letters, digits, '_' or '-', starting with a letter or digit")
 
 
 async def search(request: Request) -> JSONResponse:

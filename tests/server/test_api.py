@@ -216,7 +216,7 @@ def test_search_refuses_bad_requests_with_a_json_4xx(client: TestClient, request
 def test_a_bad_collection_name_is_refused_wherever_it_is_given(client: TestClient, route: str) -> None:
     """The query string's name is checked even where the form names a good one (the form's wins)."""
     for params, data in (({"collection": "a" * 65}, None), ({"collection": "a" * 65}, {"collection": "uk"}),
-                         (None, {"collection": "../uk"})):
+                         ({"collection": ""}, None), (None, {"collection": "../uk"})):
         r = client.post(route, params=params, data=data, files=upload(jpeg(0)))
         assert r.status_code == 422 and r.json()["error"] == "bad-parameter", r.text
     assert client.post(route, params={"collection": "uk"}, files=upload(jpeg(0))).status_code == 200

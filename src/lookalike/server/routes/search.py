@@ -98,7 +98,8 @@ async def _request_params(request: Request, max_bytes: int) -> tuple[dict[str, A
     params: dict[str, Any] = {k: v for k, v in request.query_params.items()}
     params["tags"] = request.query_params.getlist("tag") + request.query_params.getlist("tags")
     params["where"] = request.query_params.getlist("where")
-    _check_collection(params.get("collection"))  # also when the body names another one
+    if "collection" in params:  # checked even where the body names another one; empty is not a name either
+        _check_collection(params["collection"], allow_empty=False)
     image: bytes | None = None
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
@@ -153,8 +154,10 @@ async def _request_params(request: Request, max_bytes: int) -> tuple[dict[str, A
     return params, image
 
 
-def _check_collection(name: Any) -> None:
-    if name not in (None, "") and not (isinstance(name, str) and COLLECTION_NAME_RE.match(name)):
+def _check_collection(name: Any, *, allow_empty: bool = True) -> None:
+    if (name is None or name == "") and allow_empty:
+        return
+    if not (isinstance(name, str) and COLLECTION_NAME_RE.match(name)):
         raise ApiError(422, "bad-parameter", f"collection {str(name)[:80]!r} is not a collection name: "
                        "use 1-64 letters, digits, '_' or '-', starting with a letter or digit")
 

@@ -5,12 +5,9 @@ off the machine, and a killed run that resumes."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ from lookalike.errors import EngineError
 
 from .conftest import cli_env, ukbench_images
 from .netns import LOOPBACK_GUARD, namespace_prefix, skip_unless_namespace
-from .test_ingest import assert_resumed
+from .test_ingest import assert_resumed, kill_once_committed
 from .test_privacy import off_machine
 
 # In the namespace: the real command on the engine this machine starts, then the Python API on a
@@ -125,12 +122,6 @@ def test_local_cluster_matches_local_ingest_in_a_loopback_namespace(home: Path, 
         assert off_machine(traffic) == []
 
 
-def _count(home: Path, collection: str) -> int:
-    out = subprocess.run([sys.executable, "-m", "lookalike.cli", "info", "--collection", collection, "--json"],
-                         capture_output=True, text=True, env=cli_env(home), timeout=120)
-    return json.loads(out.stdout)["count"] if out.returncode == 0 else -1
-
-
 @pytest.mark.slow
 def test_killed_engine_run_resumes_without_loss_or_duplicates(home: Path, tmp_path: Path) -> None:
     skip_unless_namespace()
@@ -147,16 +138,7 @@ def test_killed_engine_run_resumes_without_loss_or_duplicates(home: Path, tmp_pa
     # --kill-child: killing unshare kills the namespace's first process, and with it every engine process
     proc = subprocess.Popen([*namespace_prefix(kill_child=True), *command], env=env, stdout=subprocess.DEVNULL,
                             stderr=errors.open("w"))
-    seen, deadline = -1, time.time() + 600
-    while proc.poll() is None and time.time() < deadline:
-        seen = _count(home, "many")
-        if 0 < seen < len(files):
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, f"index finished (rc {proc.poll()}) before it could be killed: {errors.read_text()}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert 0 < _count(home, "many") < len(files)
+    kill_once_committed(proc, home, len(files), errors, wait=600)
     done = subprocess.run([*namespace_prefix(), *command, "--json"], env=env, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

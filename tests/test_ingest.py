@@ -107,8 +107,22 @@ def test_collection_refuses_a_second_model(home: Path, small_folder: Path) -> No
 
 def _count(home: Path, collection: str) -> int:
     out = subprocess.run([sys.executable, "-m", "lookalike.cli", "info", "--collection", collection, "--json"],
-                         capture_output=True, text=True, env=cli_env(home))
+                         capture_output=True, text=True, env=cli_env(home), timeout=120)
     return json.loads(out.stdout)["count"] if out.returncode == 0 else -1
+
+
+def kill_once_committed(proc: subprocess.Popen, home: Path, total: int, errors: Path, wait: float,
+                        collection: str = "many") -> None:
+    """SIGKILL an index run as soon as some but not all of its `total` files are committed."""
+    deadline = time.time() + wait
+    while proc.poll() is None and time.time() < deadline:
+        if 0 < _count(home, collection) < total:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, f"index finished (rc {proc.poll()}) before it could be killed: {errors.read_text()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < _count(home, collection) < total
 
 
 @pytest.mark.slow
@@ -122,16 +136,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(home: Path, tmp_path: Pat
     errors = tmp_path / "index-stderr.txt"
     proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "index", str(folder), "-c", "many"],
                             env=env, stdout=subprocess.DEVNULL, stderr=errors.open("w"))
-    seen, deadline = -1, time.time() + 300
-    while proc.poll() is None and time.time() < deadline:
-        seen = _count(home, "many")
-        if 0 < seen < len(files):
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, f"index finished (rc {proc.poll()}) before it could be killed: {errors.read_text()}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 0 < _count(home, "many") < len(files)
+    kill_once_committed(proc, home, len(files), errors, wait=300)
     done = subprocess.run([sys.executable, "-m", "lookalike.cli", "index", str(folder), "-c", "many", "--json"],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

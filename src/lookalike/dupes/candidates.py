@@ -35,7 +35,7 @@ REDUCE_ABOVE = 20_000  # collections at least this large search reduced vectors
 REDUCED_DIM = 256  # dimensions kept
 PCA_SAMPLE = 20_000  # vectors the projection is learned from
 IVF_ABOVE = 50_000  # collections at least this large search an IVF index of the reduced vectors
-NPROBE = 16  # inverted lists probed per query
+NPROBE = 8  # inverted lists probed per query (16 -> 8: k-NN 47.0 -> 18.6 s at 100k, planted copies found unchanged)
 READ_CHUNK = 4096  # vectors read from the store at once
 QUERY_CHUNK = 4096  # queries searched at once (all threads)
 
